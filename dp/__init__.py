@@ -1,0 +1,1 @@
+"""dp: differential-privacy mechanisms, accounting and ledger."""

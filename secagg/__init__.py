@@ -1,0 +1,2 @@
+"""secagg: secure aggregation with distributed differential privacy."""
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Subcommands of the ``secagg`` console command, one module each."""
