@@ -1,0 +1,465 @@
+"""Per-round privacy tracking against two adversaries, reported side by side.
+
+A distributed-DP secure-aggregation round protects a client against two different
+observers, and the guarantees differ:
+
+``release``
+    Anyone who sees only what is released (the aggregate or the trained model) and does
+    not know who took part.  Amplification by client sampling applies, and all noise
+    present among the round's survivors counts.
+``server``
+    The aggregation server, which chooses or sees the participants.  Against it there is
+    no sampling amplification, and only the noise *guaranteed* against it counts: the
+    survivors' noise less the share of clients colluding with the server.
+
+:class:`PrivacyTracker` keeps one accountant per adversary and reports both cumulative
+epsilons for every round; it never reports only the (smaller) release figure.  Dropouts
+are handled by describing each round with the numbers of its survivors.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+from dp.accountants import Accountant, make_accountant
+from dp.calibration import calibrate
+from dp.errors import BudgetExceededError, DPTypeError, DPValueError
+from dp.events import (
+    DistributedDiscreteGaussianEvent,
+    GaussianEvent,
+    PoissonSampledEvent,
+    PrivacyEvent,
+    SkellamEvent,
+)
+from dp.rdp import _check_delta
+
+__all__ = [
+    "MECHANISMS",
+    "RELEASE_AGAINST",
+    "SERVER_AGAINST",
+    "Mechanism",
+    "PrivacyTracker",
+    "RoundEpsilon",
+    "RoundEvents",
+    "RoundPrivacy",
+    "ServerCalibration",
+    "calibrate_for_server",
+]
+
+Mechanism = Literal["distributed_discrete_gaussian", "skellam", "gaussian"]
+MECHANISMS: tuple[str, ...] = ("distributed_discrete_gaussian", "skellam", "gaussian")
+
+#: Who the ``release`` figure protects against.
+RELEASE_AGAINST = (
+    "release: anyone who sees only the released aggregate/model and does not know who took part "
+    "(client-sampling amplification applies; all noise present among the survivors counts)"
+)
+#: Who the ``server`` figure protects against.
+SERVER_AGAINST = (
+    "server: the aggregation server, which chooses or sees the participants (no sampling amplification; "
+    "only noise guaranteed against it counts: the survivors' noise less the colluders')"
+)
+
+
+def _real(name: str, value: object, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise DPTypeError(f"{name} must be a real number, got {type(value).__name__}")
+    x = float(value)
+    if math.isnan(x) or math.isinf(x) or x < 0 or (positive and x == 0):
+        raise DPValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {x}")
+    return x
+
+
+def _int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise DPTypeError(f"{name} must be an integer, got {type(value).__name__}")
+    n = int(value)
+    if n < minimum:
+        raise DPValueError(f"{name} must be >= {minimum}, got {n}")
+    return n
+
+
+def _lattice_l1(l2: float, dim: int) -> float:
+    """L1 bound of an integer vector with L2 norm <= l2 in dim coordinates."""
+    return max(l2, min(math.sqrt(dim) * l2, l2 * l2))
+
+
+def _inner_event(mechanism: str, l2: float, sigma: float, dim: int, n: int) -> PrivacyEvent:
+    """The un-sampled event for ``n`` shares summing to per-coordinate std ``sigma``."""
+    if mechanism == "distributed_discrete_gaussian":
+        return DistributedDiscreteGaussianEvent(l2, sigma if n > 0 else 0.0, dim, max(n, 1))
+    if mechanism == "skellam":
+        return SkellamEvent(l2, _lattice_l1(l2, dim), sigma * sigma / 2.0 if n > 0 else 0.0, max(n, 1))
+    return GaussianEvent(sigma / l2 if n > 0 else 0.0)
+
+
+class RoundEvents(NamedTuple):
+    """The two events of one round (store their ``to_dict()`` in the ledger)."""
+
+    release: PrivacyEvent
+    server: PrivacyEvent
+
+
+@dataclass(frozen=True)
+class RoundPrivacy:
+    """What one round spent, described by its survivors' numbers (dropout-aware).
+
+    Units: for ``"distributed_discrete_gaussian"`` and ``"skellam"`` the sensitivity and
+    the sigmas are in the scaled integer (lattice) domain the noise is sampled on; for
+    ``"gaussian"`` any unit, as long as all three agree.
+
+    Attributes:
+        sampling_rate: clients sampled / population, in (0, 1] (1.0: everyone takes part).
+        l2_sensitivity: L2 bound of one client's (scaled, rounded) contribution, > 0.
+        sigma_present: per-coordinate std of all noise in the aggregate (survivors' shares).
+        sigma_guaranteed: per-coordinate std of the noise guaranteed against the server
+            (survivors' shares less the colluders'); <= sigma_present.
+        dim: number of coordinates.
+        n_present: surviving clients whose noise is in the aggregate (>= 1).
+        n_guaranteed: honest survivors (not colluding with the server), 0 <= n_guaranteed <= n_present.
+        mechanism: ``"distributed_discrete_gaussian"``, ``"skellam"`` or ``"gaussian"``.
+    """
+
+    sampling_rate: float
+    l2_sensitivity: float
+    sigma_present: float
+    sigma_guaranteed: float
+    dim: int
+    n_present: int
+    n_guaranteed: int
+    mechanism: Mechanism = "distributed_discrete_gaussian"
+
+    def __post_init__(self) -> None:
+        q = _real("sampling_rate", self.sampling_rate)
+        if not 0 < q <= 1:
+            raise DPValueError(f"sampling_rate must be in (0, 1], got {q}")
+        l2 = _real("l2_sensitivity", self.l2_sensitivity, positive=True)
+        sp = _real("sigma_present", self.sigma_present)
+        sg = _real("sigma_guaranteed", self.sigma_guaranteed)
+        if sg > sp * (1 + 1e-12):
+            raise DPValueError(f"sigma_guaranteed ({sg}) cannot exceed sigma_present ({sp})")
+        d = _int("dim", self.dim, 1)
+        n_p = _int("n_present", self.n_present, 1)
+        n_g = _int("n_guaranteed", self.n_guaranteed, 0)
+        if n_g > n_p:
+            raise DPValueError(f"n_guaranteed ({n_g}) cannot exceed n_present ({n_p})")
+        if n_g == 0 and sg != 0:
+            raise DPValueError("n_guaranteed is 0 (every survivor colludes), so sigma_guaranteed must be 0")
+        if self.mechanism not in MECHANISMS:
+            raise DPValueError(f"mechanism must be one of {MECHANISMS}, got {self.mechanism!r}")
+        for name, value in (("sampling_rate", q), ("l2_sensitivity", l2), ("sigma_present", sp),
+                            ("sigma_guaranteed", sg), ("dim", d), ("n_present", n_p), ("n_guaranteed", n_g)):
+            object.__setattr__(self, name, value)
+
+    def events(self) -> RoundEvents:
+        """release: PoissonSampled(rate, noise present); server: noise guaranteed, un-sampled."""
+        present = _inner_event(self.mechanism, self.l2_sensitivity, self.sigma_present, self.dim, self.n_present)
+        guaranteed = _inner_event(self.mechanism, self.l2_sensitivity, self.sigma_guaranteed, self.dim,
+                                  self.n_guaranteed)
+        return RoundEvents(PoissonSampledEvent(self.sampling_rate, present), guaranteed)
+
+
+@dataclass(frozen=True)
+class RoundEpsilon:
+    """Cumulative epsilons after a round, labelled by adversary.
+
+    Attributes:
+        round: number of rounds recorded so far (1-based).
+        release_epsilon: against the release adversary (see :data:`RELEASE_AGAINST`).
+        server_epsilon: against the aggregation server (see :data:`SERVER_AGAINST`).
+        delta: the delta both figures are for.
+        accountant: accountant name.
+    """
+
+    round: int
+    release_epsilon: float
+    server_epsilon: float
+    delta: float
+    accountant: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form with both figures and whom they hold against."""
+        return {
+            "round": self.round,
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "release": {"epsilon": self.release_epsilon, "against": RELEASE_AGAINST},
+            "server": {"epsilon": self.server_epsilon, "against": SERVER_AGAINST},
+        }
+
+    def __str__(self) -> str:
+        return (f"round {self.round}: epsilon {self.release_epsilon:.4g} against the release (with sampling "
+                f"amplification), {self.server_epsilon:.4g} against the server (no amplification, guaranteed "
+                f"noise only); delta {self.delta:g}, accountant {self.accountant}")
+
+
+BudgetAgainst = Literal["both", "server", "release"]
+
+
+class PrivacyTracker:
+    """Cumulative (epsilon, delta) against the release adversary and the server, round by round.
+
+    Args:
+        delta: the delta both figures are reported at, in (0, 1).
+        accountant: accountant name (see :func:`dp.accountants.make_accountant`); the
+            distributed mechanisms need ``"rdp"``.
+        budget_epsilon: optional epsilon budget; a round that would exceed it is refused
+            with :class:`~dp.errors.BudgetExceededError` before anything is recorded.
+        population: optional number of clients that could be sampled; used for
+            sanity checks (see :meth:`warnings`).
+        budget_against: which figure(s) the budget applies to: ``"both"`` (default),
+            ``"server"`` or ``"release"``.
+    """
+
+    def __init__(
+        self,
+        delta: float,
+        accountant: str = "rdp",
+        budget_epsilon: float | None = None,
+        population: int | None = None,
+        budget_against: BudgetAgainst = "both",
+    ) -> None:
+        self._delta = _check_delta(delta)
+        self._budget = None if budget_epsilon is None else _real("budget_epsilon", budget_epsilon, positive=True)
+        self._population = None if population is None else _int("population", population, 1)
+        if budget_against not in ("both", "server", "release"):
+            raise DPValueError(f"budget_against must be 'both', 'server' or 'release', got {budget_against!r}")
+        self._budget_against: BudgetAgainst = budget_against
+        self._release: Accountant = make_accountant(accountant)
+        self._server: Accountant = make_accountant(accountant)
+        self._name = accountant
+        self._history: tuple[RoundEpsilon, ...] = ()
+        self._events: tuple[RoundEvents, ...] = ()
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def delta(self) -> float:
+        """The delta of both figures."""
+        return self._delta
+
+    @property
+    def accountant(self) -> str:
+        """Accountant name."""
+        return self._name
+
+    @property
+    def budget_epsilon(self) -> float | None:
+        """Epsilon budget, if any."""
+        return self._budget
+
+    @property
+    def budget_against(self) -> BudgetAgainst:
+        """Which figure(s) the budget applies to: ``"both"``, ``"server"`` or ``"release"``."""
+        return self._budget_against
+
+    @property
+    def population(self) -> int | None:
+        """Population size, if given."""
+        return self._population
+
+    @property
+    def rounds(self) -> int:
+        """Rounds recorded."""
+        return len(self._history)
+
+    @property
+    def history(self) -> tuple[RoundEpsilon, ...]:
+        """Cumulative figures after each recorded round."""
+        return self._history
+
+    @property
+    def events(self) -> tuple[RoundEvents, ...]:
+        """The two events of each recorded round."""
+        return self._events
+
+    def current(self) -> RoundEpsilon:
+        """Cumulative figures now (round 0 and epsilon 0.0 before any round)."""
+        if self._history:
+            return self._history[-1]
+        return RoundEpsilon(0, 0.0, 0.0, self._delta, self._name)
+
+    def release_accountant(self) -> Accountant:
+        """Copy of the release-adversary accountant."""
+        return self._release.copy()
+
+    def server_accountant(self) -> Accountant:
+        """Copy of the server-adversary accountant."""
+        return self._server.copy()
+
+    def warnings(self) -> list[str]:
+        """Human-readable warnings about the configuration (e.g. delta >= 1/population)."""
+        out = []
+        if self._population is not None and self._delta >= 1.0 / self._population:
+            out.append(f"delta {self._delta:g} is not below 1/population = {1.0 / self._population:g}: a "
+                       "mechanism that publishes one client's data outright could meet it")
+        return out
+
+    # ---------------------------------------------------------------- recording
+    @staticmethod
+    def events_for(round: RoundPrivacy) -> RoundEvents:
+        """The (release, server) events a round contributes."""
+        if not isinstance(round, RoundPrivacy):
+            raise DPTypeError(f"round must be a RoundPrivacy, got {type(round).__name__}")
+        return round.events()
+
+    def record_round(self, round: RoundPrivacy) -> RoundEpsilon:
+        """Record one round in both accountants (both or neither) and return both figures.
+
+        Raises:
+            BudgetExceededError: the round would take a budgeted figure past the budget
+                (nothing recorded).
+            AccountingError: the accountant cannot account for the mechanism (nothing recorded).
+        """
+        events = self.events_for(round)
+        if self._population is not None and round.n_present > self._population:
+            raise DPValueError(f"n_present ({round.n_present}) exceeds the population ({self._population})")
+        return self.record_events(events)
+
+    def preview_round(self, round: RoundPrivacy) -> RoundEpsilon:
+        """The figures :meth:`record_round` would report, without recording anything or checking the budget."""
+        return self._compute(self.events_for(round))[0]
+
+    def _compute(self, events: RoundEvents) -> tuple[RoundEpsilon, Accountant, Accountant]:
+        if not isinstance(events, tuple) or len(events) != 2:
+            raise DPTypeError("events must be a RoundEvents(release, server) pair")
+        release_event, server_event = events
+        release, server = self._release.copy(), self._server.copy()
+        release.compose(release_event)
+        server.compose(server_event)
+        figures = RoundEpsilon(self.rounds + 1, release.get_epsilon(self._delta), server.get_epsilon(self._delta),
+                               self._delta, self._name)
+        return figures, release, server
+
+    def record_events(self, events: RoundEvents) -> RoundEpsilon:
+        """Record a round given its two events (e.g. replayed from a ledger); both or neither."""
+        result, release, server = self._compute(events)
+        e_release, e_server = result.release_epsilon, result.server_epsilon
+        if self._budget is not None:
+            checked = {"both": (e_release, e_server), "server": (e_server,), "release": (e_release,)}
+            if max(checked[self._budget_against]) > self._budget:
+                raise BudgetExceededError(
+                    f"round {self.rounds + 1} would spend epsilon {e_release:.4g} against the release and "
+                    f"{e_server:.4g} against the server, over the budget {self._budget:g} "
+                    f"({self._budget_against}); nothing was recorded")
+        pair = RoundEvents(events[0], events[1])
+        self._release, self._server = release, server
+        self._history, self._events = (*self._history, result), (*self._events, pair)
+        return result
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class ServerCalibration:
+    """Result of :func:`calibrate_for_server`.
+
+    Attributes:
+        share_sigma: per-client noise std per coordinate (lattice units for the discrete
+            mechanisms; for Skellam the share is Skellam(share_sigma^2 / 2)).
+        sigma_guaranteed: total std guaranteed at the target's operating point.
+        n_counted: shares counted at that point (honest survivors at the cohort floor for
+            the server target; all survivors at the floor for the release target).
+        epsilon: epsilon achieved after ``rounds`` rounds (<= the target).
+        delta: delta.
+        rounds: rounds.
+        against: ``"server"`` or ``"release"``.
+        note: plain-language statement of what was targeted.
+    """
+
+    share_sigma: float
+    sigma_guaranteed: float
+    n_counted: int
+    epsilon: float
+    delta: float
+    rounds: int
+    against: str
+    note: str
+
+
+def calibrate_for_server(
+    target_epsilon: float,
+    delta: float,
+    rounds: int,
+    *,
+    l2_sensitivity: float,
+    dim: int,
+    cohort_floor: int,
+    colluders: int = 0,
+    mechanism: Mechanism = "distributed_discrete_gaussian",
+    accountant: str = "rdp",
+    against: Literal["server", "release"] = "server",
+    sampling_rate: float | None = None,
+    tol: float = 1e-4,
+) -> ServerCalibration:
+    """Per-client noise for a distributed-DP run, targeting the SERVER figure at the cohort floor by default.
+
+    By default the target is met against the aggregation server in the worst round the
+    protocol accepts: only ``cohort_floor`` clients survive, ``colluders`` of them collude
+    with the server, and there is no sampling amplification, so only the
+    ``cohort_floor - colluders`` honest shares count.  Every accepted round then satisfies
+    the target against the server, and the release figure is at least as good.  Pass
+    ``against="release"`` (with ``sampling_rate``) to target the release adversary instead
+    (all ``cohort_floor`` shares, with amplification); the returned ``note`` says which.
+
+    Args:
+        target_epsilon: epsilon after ``rounds`` rounds.
+        delta: delta in (0, 1).
+        rounds: number of rounds.
+        l2_sensitivity: L2 bound of one client's scaled, rounded contribution (lattice units).
+        dim: number of coordinates.
+        cohort_floor: fewest survivors the round accepts (>= 1).
+        colluders: clients assumed to collude with the server.
+        mechanism: noise mechanism.
+        accountant: accountant name.
+        against: ``"server"`` (default) or ``"release"``.
+        sampling_rate: client sampling rate; required for ``against="release"``.
+        tol: relative tolerance of the bisection (result rounded up).
+
+    Raises:
+        DPValueError: bad input, no honest share at the floor, or an unreachable target.
+    """
+    target = _real("target_epsilon", target_epsilon, positive=True)
+    d = _check_delta(delta)
+    t = _int("rounds", rounds, 1)
+    l2 = _real("l2_sensitivity", l2_sensitivity, positive=True)
+    dimension = _int("dim", dim, 1)
+    floor = _int("cohort_floor", cohort_floor, 1)
+    bad = _int("colluders", colluders, 0)
+    if mechanism not in MECHANISMS:
+        raise DPValueError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}")
+    if against == "server":
+        n = floor - bad
+        if n < 1:
+            raise DPValueError(f"colluders ({bad}) >= cohort_floor ({floor}): no noise is guaranteed against the "
+                               "server; raise the cohort floor or lower the assumed collusion")
+        q = 1.0
+        note = (f"calibrated against the SERVER adversary at the cohort floor: {floor} survivors, {bad} colluding, "
+                f"so {n} honest shares count; no sampling amplification")
+    elif against == "release":
+        if sampling_rate is None:
+            raise DPValueError("against='release' needs sampling_rate")
+        q = _real("sampling_rate", sampling_rate)
+        if not 0 < q <= 1:
+            raise DPValueError(f"sampling_rate must be in (0, 1], got {q}")
+        n = floor
+        note = (f"calibrated against the RELEASE adversary (sampling rate {q:g}, amplification applies) at the "
+                f"cohort floor of {floor} survivors; the figure against the server is weaker")
+    else:
+        raise DPValueError(f"against must be 'server' or 'release', got {against!r}")
+    make_accountant(accountant)
+
+    def event(share: float) -> PrivacyEvent:
+        inner = _inner_event(mechanism, l2, share * math.sqrt(n), dimension, n)
+        return inner if against == "server" else PoissonSampledEvent(q, inner)
+
+    def epsilon_of(share: float) -> float:
+        acc = make_accountant(accountant)
+        acc.compose(event(share), t)
+        return acc.get_epsilon(d)
+
+    share = calibrate(epsilon_of, target, tol=tol)
+    return ServerCalibration(share, share * math.sqrt(n), n, epsilon_of(share), d, t, against, note)
