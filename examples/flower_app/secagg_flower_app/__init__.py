@@ -1,0 +1,1 @@
+"""Example Flower app: federated training with secagg's secure aggregation."""

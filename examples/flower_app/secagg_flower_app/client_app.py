@@ -1,0 +1,88 @@
+"""ClientApp: answers secagg's secure rounds (and, for the benchmark, Flower's own SecAgg+)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from secagg.flower import LocalUpdate, register
+from secagg_flower_app import task
+
+app = ClientApp()
+
+
+def train_fn(arrays: ArrayRecord, config: ConfigRecord, context: Context) -> LocalUpdate:
+    """Local training at the masked-input stage of a secure round."""
+    rc = context.run_config
+    partition = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config["num-partitions"])
+    current = {k: v.numpy() for k, v in arrays.items()}
+    if rc["task"] == "synthetic":
+        trained, n = task.synthetic_train(current, partition, str(rc["mode"]), int(rc["bits"]))
+        return LocalUpdate(trained, n)
+    model, n = task.digits_train(
+        current,
+        partition,
+        num_partitions,
+        hidden=int(rc["hidden"]),
+        epochs=int(rc["local-epochs"]),
+        lr=float(rc["lr"]),
+        seed=int(str(config.get("server-round", 0))) * 1000 + partition,
+    )
+    return LocalUpdate(model, n)  # an nn.Module: secagg.flower takes its state dict
+
+
+# secagg: every stage arrives as a "train.secagg" message.
+register(app, train_fn)
+
+
+# --- Flower's own SecAgg+ (benchmark baseline): a legacy NumPyClient behind secaggplus_mod ---
+def _baseline_client_fn(context: Context) -> Any:
+    from flwr.client import NumPyClient
+
+    class _Client(NumPyClient):
+        def fit(self, parameters: list[Any], config: dict[str, Any]) -> tuple[list[Any], int, dict[str, Any]]:
+            rc = context.run_config
+            partition = int(context.node_config["partition-id"])
+            names = list(_initial_names(context))
+            current = dict(zip(names, parameters, strict=True))
+            if rc["task"] == "synthetic":
+                trained, n = task.synthetic_train(current, partition, "fedavg", int(rc["bits"]))
+                return [trained[k] for k in names], n, {}
+            model, n = task.digits_train(
+                current,
+                partition,
+                int(context.node_config["num-partitions"]),
+                hidden=int(rc["hidden"]),
+                epochs=int(rc["local-epochs"]),
+                lr=float(rc["lr"]),
+                seed=partition,
+            )
+            state = model.state_dict()
+            return [state[k].detach().numpy() for k in names], n, {}
+
+    return _Client().to_client()
+
+
+def _initial_names(context: Context) -> list[str]:
+    rc = context.run_config
+    if rc["task"] == "synthetic":
+        return list(task.synthetic_initial(int(rc["dim"]), "fedavg"))
+    return list(task.digits_initial(int(rc["hidden"])))
+
+
+def _baseline_mods() -> list[Any]:
+    from flwr.client.mod import secaggplus_mod
+
+    return [secaggplus_mod]
+
+
+@app.train(mods=_baseline_mods())
+def flower_secaggplus(message: Message, context: Context) -> Message:
+    """Flower's legacy fit path (FitIns/FitRes) under secaggplus_mod."""
+    from flwr.client.message_handler.message_handler import handle_legacy_message_from_msgtype
+
+    return handle_legacy_message_from_msgtype(_baseline_client_fn, message, context)
+

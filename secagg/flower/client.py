@@ -1,0 +1,320 @@
+"""Client side of secagg on Flower: a ClientApp handler that takes part in secure rounds.
+
+:class:`SecAggClient` answers the ``"train.secagg"`` messages of a
+:class:`~secagg.flower.server.SecAggServer`.  Each message carries one protocol stage; the
+handler drives a :class:`~secagg.client.ClientSession` and keeps it between messages in
+Flower's ``context.state`` (the SuperNode starts a new ``flwr-clientapp`` process for every
+message, so nothing else survives).  At the masked-input stage it calls the user's
+training function on the global arrays the server sent, turns the result into an update
+(trained minus global), encodes it -- fixed point with the example-count weight
+(``fedavg``), or clip, rotation, rounding and this client's share of the DP noise
+(``dp``) -- and answers with the masked vector.
+
+Register it on a :class:`flwr.clientapp.ClientApp`::
+
+    app = ClientApp()
+    register(app, train_fn)          # handles "train.secagg"
+
+``train_fn(arrays, config, context)`` receives the global :class:`~flwr.app.ArrayRecord`,
+the round's :class:`~flwr.app.ConfigRecord` and the Flower context and returns a
+:class:`LocalUpdate` (or a ``(arrays, num_examples)`` pair) whose arrays may be an
+ArrayRecord, a mapping name -> ndarray, a torch state dict or a torch ``nn.Module``
+(opacus wrappers are unwrapped with :mod:`secagg.torch`).
+
+What the client checks before it helps (it refuses with an error reply, which the server
+counts as a dropout): the protocol's own checks (:class:`~secagg.client.ClientSession`:
+safe threshold and cohort floor, roster, deliveries, unmasking requests), that the round
+spec matches the protocol config, its :class:`ClientPolicy` (modes, dimension, least
+noise accepted), and that the arrays it trains on match the round's layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from secagg.client import ClientSession, ClientState
+from secagg.errors import MessageError, ProtocolError, SecAggError, SecAggTypeError, SecAggValueError
+from secagg.flower._codec import (
+    ARRAYS_KEY,
+    CONTROL_KEY,
+    MODES,
+    PAYLOAD_KEY,
+    STATE_KEY,
+    TRAIN_CONFIG_KEY,
+    RoundSpec,
+    export_session,
+    pack_payload,
+    restore_session,
+    unpack_payload,
+)
+from secagg.messages import RoundConfig, Stage, decode_message
+from secagg.rand import RngLike
+
+__all__ = [
+    "HEADS_KEY",
+    "KEPT_HEADS",
+    "SECAGG_ERROR_CODE",
+    "ClientPolicy",
+    "FlowerTrainFn",
+    "LocalUpdate",
+    "SecAggClient",
+    "register",
+]
+
+log = logging.getLogger("secagg.flower")
+
+#: Code of the Flower ``Error`` a client answers with when it refuses or fails a stage.
+SECAGG_ERROR_CODE = 5091
+#: ``context.state`` key of the ledger heads a node has seen, and how many it keeps.
+HEADS_KEY = "secagg.ledger-heads"
+KEPT_HEADS = 1000
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """What a training function returns.
+
+    Attributes:
+        arrays: the trained arrays (ArrayRecord, mapping name -> ndarray/tensor, torch
+            state dict or ``nn.Module``); in ``integer`` mode the integers to sum.
+        num_examples: local examples used (the FedAvg weight, capped by the server's
+            ``max_weight``); ignored in ``integer`` and ``dp`` modes.
+    """
+
+    arrays: Any
+    num_examples: int = 1
+
+
+#: ``train_fn(arrays, config, context) -> LocalUpdate | (arrays, num_examples)``.
+FlowerTrainFn = Callable[[Any, Any, Any], "LocalUpdate | tuple[Any, int]"]
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """What this client agrees to take part in (decided by the client's owner).
+
+    Attributes:
+        modes: aggregation modes accepted.
+        max_dim: largest protocol vector accepted (bounds memory and upload).
+        min_noise_multiplier: in ``dp`` mode, the least guaranteed noise multiplier
+            accepted (None: any); a server asking for less is refused.
+        require_dp: refuse every round that is not ``dp``.
+    """
+
+    modes: tuple[str, ...] = MODES
+    max_dim: int = 10**8
+    min_noise_multiplier: float | None = None
+    require_dp: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.modes or any(m not in MODES for m in self.modes):
+            raise SecAggValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes!r}")
+        if isinstance(self.max_dim, bool) or not isinstance(self.max_dim, int) or self.max_dim < 1:
+            raise SecAggValueError("max_dim must be an int >= 1")
+        m = self.min_noise_multiplier
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0):
+            raise SecAggValueError("min_noise_multiplier must be None or a number > 0")
+
+    def check(self, spec: RoundSpec) -> None:
+        """Raise :class:`~secagg.errors.ProtocolError` if this client must not take part."""
+        if self.require_dp and spec.mode != "dp":
+            raise ProtocolError(f"this client only takes part in dp rounds, not {spec.mode!r}")
+        if spec.mode not in self.modes:
+            raise ProtocolError(f"this client does not take part in {spec.mode!r} rounds")
+        if spec.d > self.max_dim:
+            raise ProtocolError(f"round vector of {spec.d} values exceeds this client's max_dim={self.max_dim}")
+        if spec.mode == "dp" and self.min_noise_multiplier is not None:
+            z = float(spec.plan.noise_multiplier)
+            if not z >= self.min_noise_multiplier:
+                raise ProtocolError(
+                    f"the round's noise multiplier {z:g} is below this client's minimum {self.min_noise_multiplier:g}"
+                )
+
+
+def _to_numpy(obj: Any) -> dict[str, npt.NDArray[Any]]:
+    """Trained arrays in any accepted form -> name -> ndarray."""
+    from flwr.app import ArrayRecord
+
+    if isinstance(obj, ArrayRecord):
+        return {k: np.asarray(v.numpy()) for k, v in obj.items()}
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.nn.Module):
+        from secagg.torch import unwrap
+
+        obj = unwrap(obj).state_dict()
+    if isinstance(obj, Mapping):
+        out: dict[str, npt.NDArray[Any]] = {}
+        if torch is not None and any(isinstance(v, torch.Tensor) for v in obj.values()):
+            from secagg.torch import strip_prefixes
+
+            obj = strip_prefixes(obj)
+        for k, v in obj.items():
+            if torch is not None and isinstance(v, torch.Tensor):
+                out[str(k)] = v.detach().cpu().numpy()
+            else:
+                out[str(k)] = np.asarray(v)
+        return out
+    raise SecAggTypeError(
+        "train_fn must return arrays as an ArrayRecord, a mapping name -> array, a torch state dict or an nn.Module; "
+        f"got {type(obj).__name__}"
+    )
+
+
+class SecAggClient:
+    """The ``"train.secagg"`` handler: ``handler(message, context) -> reply``.
+
+    Args:
+        train_fn: the local training function (see the module docstring).
+        policy: the :class:`ClientPolicy` (default: every mode, no noise floor).
+        rng: randomness for keys, shares, nonces, rounding and DP noise (default: a
+            fresh CSPRNG per message; never a guessable seed in production).
+    """
+
+    def __init__(self, train_fn: FlowerTrainFn, *, policy: ClientPolicy | None = None, rng: RngLike = None) -> None:
+        if not callable(train_fn):
+            raise SecAggTypeError("train_fn must be callable")
+        self._train = train_fn
+        self._policy = ClientPolicy() if policy is None else policy
+        if not isinstance(self._policy, ClientPolicy):
+            raise SecAggTypeError("policy must be a ClientPolicy")
+        self._rng = rng
+
+    def __call__(self, message: Any, context: Any) -> Any:
+        """Answer one secagg message (an error reply when this client refuses or fails)."""
+        from flwr.app import ConfigRecord, Error, RecordDict
+        from flwr.app import Message as FlowerMessage
+
+        try:
+            ctl = message.content.config_records[CONTROL_KEY]
+            stage, rid = str(ctl["stage"]), str(ctl["round"])
+            payload = unpack_payload(message.content.array_records[PAYLOAD_KEY])
+        except (KeyError, MessageError) as exc:
+            return FlowerMessage(Error(SECAGG_ERROR_CODE, f"secagg: malformed request: {exc}"), reply_to=message)
+        try:
+            reply = self._handle(stage, rid, ctl, payload, message, context)
+        except Exception as exc:
+            if not isinstance(exc, SecAggError) and not _is_dp_error(exc):
+                self._forget(context)
+                raise
+            self._forget(context)
+            log.warning("secagg client refused stage %s of round %s: %s", stage, rid[:8], exc)
+            return FlowerMessage(Error(SECAGG_ERROR_CODE, f"secagg: {type(exc).__name__}: {exc}"), reply_to=message)
+        content: dict[str, Any] = {CONTROL_KEY: ConfigRecord({"stage": stage, "round": rid})}
+        if reply is not None:
+            content[PAYLOAD_KEY] = pack_payload(reply)
+        return FlowerMessage(RecordDict(content), reply_to=message)
+
+    # -- state -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _forget(context: Any) -> None:
+        if STATE_KEY in context.state:
+            del context.state[STATE_KEY]
+
+    @staticmethod
+    def _save(context: Any, session: ClientSession, spec_json: str, rid: str) -> None:
+        from flwr.app import ConfigRecord
+
+        if session.state in (ClientState.DONE, ClientState.ABORTED, ClientState.FAILED):
+            SecAggClient._forget(context)
+            return
+        context.state[STATE_KEY] = ConfigRecord({"round": rid, "spec": spec_json, "session": export_session(session)})
+
+    @staticmethod
+    def _keep_head(context: Any, head: str) -> None:
+        """Remember the ledger heads the server announced (the latest :data:`KEPT_HEADS`);
+        any of them later proves a truncated or rewritten ledger
+        (``dp.ledger.verify_ledger(path, anchors=heads)``)."""
+        from flwr.app import ConfigRecord
+
+        rec = context.state.config_records.get(HEADS_KEY) if HEADS_KEY in context.state else None
+        heads = [str(h) for h in rec["heads"]] if rec is not None else []
+        if not heads or heads[-1] != head:
+            heads = [*heads, head][-KEPT_HEADS:]
+        context.state[HEADS_KEY] = ConfigRecord({"heads": heads})
+
+    def _load(self, context: Any, rid: str) -> tuple[ClientSession, RoundSpec, str]:
+        rec = context.state.config_records.get(STATE_KEY) if STATE_KEY in context.state else None
+        if rec is None or rec.get("round") != rid:
+            raise ProtocolError("no secagg session for this round on this node (it never started or was forgotten)")
+        spec_json = str(rec["spec"])
+        session = restore_session(bytes(rec["session"]), self._rng)
+        return session, RoundSpec.from_json(spec_json), spec_json
+
+    # -- stages ----------------------------------------------------------------------------
+
+    def _handle(  # noqa: PLR0917 - internal helper
+        self, stage: str, rid: str, ctl: Any, payload: bytes, message: Any, context: Any) -> bytes | None:
+        if stage == Stage.ADVERTISE_KEYS.value:
+            config = decode_message(payload, RoundConfig)
+            assert isinstance(config, RoundConfig)
+            spec_json = str(ctl["spec"])
+            spec = RoundSpec.from_json(spec_json)
+            if config.round_id.hex() != rid:
+                raise ProtocolError("the request's round id differs from the protocol config's")
+            spec.check_config(config)
+            self._policy.check(spec)
+            cid = ctl["cid"]
+            if isinstance(cid, bool) or not isinstance(cid, int):
+                raise ProtocolError("the request carries no client id")
+            session = ClientSession(config, cid, self._rng)
+            out = session.start().encode()
+            self._save(context, session, spec_json, rid)
+            if spec.ledger_head is not None:
+                self._keep_head(context, spec.ledger_head)
+            return out
+        if stage not in (Stage.SHARE_KEYS.value, Stage.MASKED_INPUT.value, Stage.UNMASKING.value, "abort"):
+            raise ProtocolError(f"unknown secagg stage {stage!r}")
+        session, spec, spec_json = self._load(context, rid)
+        reply = session.receive(payload)
+        if stage == Stage.MASKED_INPUT.value and reply is None and session.state is ClientState.AWAIT_INPUT:
+            ring = self._train_and_encode(spec, message, context)
+            reply = session.provide_input(ring)
+        self._save(context, session, spec_json, rid)
+        return None if reply is None else reply.encode()
+
+    def _train_and_encode(self, spec: RoundSpec, message: Any, context: Any) -> Any:
+        from flwr.app import ConfigRecord
+
+        content = message.content
+        if ARRAYS_KEY not in content.array_records:
+            raise ProtocolError("the masked-input request carries no global arrays to train from")
+        arrays = content.array_records[ARRAYS_KEY]
+        config = content.config_records.get(TRAIN_CONFIG_KEY, ConfigRecord())
+        base = spec.flatten(arrays, what="global arrays")  # checks the layout before training
+        out = self._train(arrays, config, context)
+        if isinstance(out, LocalUpdate):
+            trained, n_ex = out.arrays, out.num_examples
+        elif isinstance(out, tuple) and len(out) == 2:
+            trained, n_ex = out
+        else:
+            raise SecAggTypeError("train_fn must return a LocalUpdate or an (arrays, num_examples) pair")
+        vec = spec.flatten(_to_numpy(trained), what="trained arrays")
+        if spec.mode != "integer":
+            vec = vec - base
+            if not math.isfinite(float(np.sum(vec))):
+                raise SecAggValueError("the update holds NaN or infinite values; this client stays silent")
+        return spec.encode(vec, num_examples=n_ex, rng=self._rng)
+
+
+def _is_dp_error(exc: BaseException) -> bool:
+    mod = sys.modules.get("dp.errors")
+    return mod is not None and isinstance(exc, mod.DPError)
+
+
+def register(
+    app: Any, train_fn: FlowerTrainFn, *, policy: ClientPolicy | None = None, rng: RngLike = None
+) -> SecAggClient:
+    """Register a :class:`SecAggClient` on ``app`` (a :class:`flwr.clientapp.ClientApp`)
+    for ``"train.secagg"`` messages; return the handler."""
+    handler = SecAggClient(train_fn, policy=policy, rng=rng)
+    app.train("secagg")(handler)
+    return handler

@@ -1,0 +1,532 @@
+"""secagg.flower over an in-process grid (tests/_flower_deploy.LocalGrid): every message is
+deflated/inflated as Flower ships it and each node's Context goes through protobuf between
+messages, as on a SuperNode.  Fast tests of the server driver, the client handler, the
+session persistence, the wire forms, accounting and the ledger."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from _flower_deploy import LocalGrid
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from secagg.client import ClientSession, ClientState
+from secagg.encoding import FixedPointEncoder
+from secagg.errors import MessageError, ProtocolError, SecAggError, SecAggTypeError, SecAggValueError
+from secagg.flower import (
+    ClientPolicy,
+    CountingGrid,
+    LocalUpdate,
+    RoundSpec,
+    SecAggConfig,
+    SecAggFedAvg,
+    SecAggServer,
+    SecureRoundAbort,
+    StageReport,
+    export_session,
+    register,
+    restore_session,
+    run_secure_round,
+)
+from secagg.flower._codec import ArraySpec, pack_payload, unpack_payload
+from secagg.messages import Stage
+from secagg.simulate import make_config
+
+STAGES = [s.value for s in Stage]
+FAST = {"stage_timeout": 1.0, "poll_interval": 0.001}
+
+
+def _ints(p: int, size: int, bits: int) -> np.ndarray:
+    j = np.arange(size, dtype=np.int64)
+    return ((p + 1) * 7919 + j * (2 * p + 3) * 104729) % (1 << bits)
+
+
+def _delta(p: int, size: int) -> np.ndarray:
+    j = np.arange(size)
+    return 0.01 * (p + 1) * np.cos(j + p)
+
+
+def _app(kind: str, bits: int = 32) -> ClientApp:
+    """A ClientApp whose node p returns known integers / a known update with weight 10 (p + 1)."""
+    app = ClientApp()
+
+    def train(arrays: ArrayRecord, config: ConfigRecord, context: Context) -> Any:
+        p = int(context.node_config["partition-id"])
+        cur = {k: v.numpy() for k, v in arrays.items()}
+        if kind == "integer":
+            size = sum(a.size for a in cur.values())
+            flat = _ints(p, size, bits)
+            out, pos = {}, 0
+            for k, a in cur.items():
+                out[k] = flat[pos : pos + a.size].reshape(a.shape)
+                pos += a.size
+            return LocalUpdate(out, 1)
+        size = sum(a.size for k, a in cur.items() if a.dtype.kind == "f")
+        d = _delta(p, size)
+        out, pos = {}, 0
+        for k, a in cur.items():
+            if a.dtype.kind == "f":
+                out[k] = (a + d[pos : pos + a.size].reshape(a.shape)).astype(a.dtype)
+                pos += a.size
+            else:
+                out[k] = a + 100  # not aggregated: must be ignored
+        return out, 10 * (p + 1)
+
+    register(app, train)
+    return app
+
+
+def _killer(grid: LocalGrid, plan: dict[str, list[int]]) -> Any:
+    """on_stage hook: after stage S closes, the partitions in plan[S] go silent."""
+
+    def hook(rep: StageReport) -> None:
+        for p in plan.get(rep.stage, []):
+            grid.kill(grid.node_ids[p])
+
+    return hook
+
+
+# ----------------------------------------------------------------------------- integer mode
+
+
+def test_integer_round_gives_exact_sum_of_all_nodes() -> None:
+    grid = LocalGrid(_app("integer", 16), 5)
+    tmpl = {"a": np.zeros((3, 4), np.int64), "b": np.zeros(7, np.int32)}
+    res = run_secure_round(grid, grid.get_node_ids(), tmpl, SecAggConfig(mode="integer", bits=16, **FAST))
+    want = sum(_ints(p, 19, 16) for p in range(5)) % (1 << 16)
+    got = np.concatenate([res.arrays["a"].numpy().ravel(), res.arrays["b"].numpy().ravel()])
+    assert res.arrays["a"].numpy().shape == (3, 4)
+    np.testing.assert_array_equal(got, want)
+    assert res.survivors == tuple(grid.node_ids) and res.update is None
+    assert all(v == () for v in res.dropped.values())
+    assert grid.handled == 5 * 4  # one message per node and stage
+
+
+@pytest.mark.parametrize(
+    ("plan", "recovered"),
+    [
+        ({"advertise_keys": [2]}, []),  # silent from share_keys on: never shared keys
+        ({"share_keys": [1]}, [1]),  # silent at masked input: its mask key is recovered
+        ({"masked_input": [4]}, []),  # silent at unmasking: its input is in the sum
+        ({"advertise_keys": [0], "share_keys": [3]}, [3]),
+    ],
+)
+def test_integer_round_with_dropouts_sums_the_survivors(plan: dict[str, list[int]], recovered: list[int]) -> None:
+    grid = LocalGrid(_app("integer", 20), 7)
+    tmpl = {"x": np.zeros(33, np.int64)}
+    cfg = SecAggConfig(mode="integer", bits=20, neighbors="all", threshold=4, **FAST)
+    res = SecAggServer(cfg).run_round(grid, grid.get_node_ids(), tmpl, on_stage=_killer(grid, plan))
+    survivors = [grid.partition_of(n) for n in res.survivors]
+    dead_before_input = {p for s in ("advertise_keys", "share_keys") for p in plan.get(s, [])}
+    assert set(survivors) == set(range(7)) - dead_before_input
+    want = sum(_ints(p, 33, 20) for p in survivors) % (1 << 20)
+    np.testing.assert_array_equal(res.arrays["x"].numpy(), want)
+    assert sorted(grid.partition_of(n) for n in res.recovered) == recovered
+    silent = {grid.partition_of(n) for v in res.dropped.values() for n in v}
+    assert silent == {p for v in plan.values() for p in v}
+
+
+# ----------------------------------------------------------------------------- fedavg mode
+
+
+def test_fedavg_round_is_the_weighted_mean_within_encoder_resolution() -> None:
+    grid = LocalGrid(_app("fedavg"), 5)
+    g = {"w": np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6), "steps": np.arange(3), "b": np.zeros(5)}
+    cfg = SecAggConfig(mode="fedavg", bound=0.5, max_weight=100, neighbors="all", threshold=3, **FAST)
+    res = SecAggServer(cfg).run_round(grid, grid.get_node_ids(), g, on_stage=_killer(grid, {"share_keys": [1]}))
+    surv = [grid.partition_of(n) for n in res.survivors]
+    assert surv == [0, 2, 3, 4]
+    w = np.array([10.0 * (p + 1) for p in surv])
+    want = sum(wi * _delta(p, 29) for wi, p in zip(w, surv, strict=True)) / w.sum()
+    assert res.total_weight == int(w.sum())
+    upd = np.concatenate([res.update["w"].numpy().ravel(), res.update["b"].numpy().ravel()])
+    enc = FixedPointEncoder.fit(5, 32, 0.5, weights=[100] * 5)
+    assert np.max(np.abs(upd - want)) <= 1.0 / enc.scale  # stochastic rounding: < 1 unit per coordinate
+    assert np.all(np.abs(upd) <= 0.5)
+    np.testing.assert_array_equal(res.arrays["steps"].numpy(), np.arange(3))  # int array untouched
+    assert res.arrays["w"].numpy().dtype == np.float32
+    np.testing.assert_allclose(res.arrays["w"].numpy(), g["w"] + res.update["w"].numpy(), atol=1e-6)
+
+
+def test_fedavg_update_is_clipped_to_the_bound() -> None:
+    app = ClientApp()
+    register(app, lambda a, c, ctx: ({k: v.numpy() + 5.0 for k, v in a.items()}, 3))
+    grid = LocalGrid(app, 3)
+    res = run_secure_round(grid, grid.get_node_ids(), {"w": np.zeros(8)}, SecAggConfig(bound=0.25, **FAST))
+    np.testing.assert_allclose(res.update["w"].numpy(), 0.25)
+
+
+# ----------------------------------------------------------------------------- dp mode, ledger, accountant
+
+
+def test_dp_round_feeds_the_tracker_and_ledger_records_the_dropouts(tmp_path: Any) -> None:
+    from dp.ledger import Ledger, read_ledger, verify_ledger
+    from dp.tracker import PrivacyTracker
+
+    grid = LocalGrid(_app("dp"), 6)
+    g = {"w": np.zeros(40, np.float32)}
+    cfg = SecAggConfig(mode="dp", clip_norm=1.0, noise_multiplier=0.8, neighbors="all", threshold=3,
+                       min_clients=3, **FAST)
+    tracker = PrivacyTracker(delta=1e-5)
+    probe = SecAggServer(cfg, tracker=tracker)
+    ledger = Ledger.create(tmp_path / "ledger.jsonl", probe.ledger_header(6, g))
+    server = SecAggServer(cfg, tracker=tracker, ledger=ledger)
+    head0 = server.ledger_head
+    res = server.run_round(grid, grid.get_node_ids(), g, on_stage=_killer(grid, {"advertise_keys": [5],
+                                                                                    "share_keys": [0]}))
+    assert len(res.survivors) == 4 and res.noise.shares_present == 4
+    assert res.privacy is not None and 0 < res.privacy.release_epsilon <= res.privacy.server_epsilon
+    assert np.all(np.isfinite(res.update["w"].numpy()))
+    assert verify_ledger(tmp_path / "ledger.jsonl").ok
+    header, rounds = read_ledger(tmp_path / "ledger.jsonl")
+    assert header["transport"] == "flower" and len(rounds) == 1
+    rec = rounds[0]
+    assert rec["sampled"] == 6 and rec["survivors"] == 4 and rec["dropouts"] == 2
+    assert rec["dropped_nodes"]["share_keys"] == [grid.node_ids[5]]
+    assert rec["dropped_nodes"]["masked_input"] == [grid.node_ids[0]]
+    assert rec["ledger_head_sent"] == head0 and res.ledger_head == server.ledger_head != head0
+    assert rec["epsilon"]["server"] == pytest.approx(res.privacy.server_epsilon)
+    assert rec["mechanism"]["name"] == "distributed_discrete_gaussian"
+    # every node that took part keeps the ledger head it was shown (an anchor against truncation)
+    kept = grid.context(grid.node_ids[1]).state.config_records["secagg.ledger-heads"]["heads"]
+    assert list(kept) == [head0]
+    assert verify_ledger(tmp_path / "ledger.jsonl", anchors=list(kept)).ok
+
+
+def test_client_policy_refuses_too_little_noise() -> None:
+    app = ClientApp()
+    register(app, lambda a, c, ctx: (a, 1), policy=ClientPolicy(min_noise_multiplier=2.0))
+    grid = LocalGrid(app, 4)
+    cfg = SecAggConfig(mode="dp", noise_multiplier=1.0, min_clients=3, **FAST)
+    with pytest.raises(SecureRoundAbort) as info:
+        run_secure_round(grid, grid.get_node_ids(), {"w": np.zeros(8)}, cfg)
+    assert info.value.stage == "advertise_keys"
+    assert sorted(info.value.dropped["advertise_keys"]) == grid.node_ids
+    # nothing is kept on a node that refused
+    assert all("secagg.session" not in grid.context(n).state for n in grid.node_ids)
+
+
+def test_client_policy_refuses_modes() -> None:
+    app = ClientApp()
+    register(app, lambda a, c, ctx: (a, 1), policy=ClientPolicy(require_dp=True))
+    grid = LocalGrid(app, 3)
+    with pytest.raises(SecureRoundAbort):
+        run_secure_round(grid, grid.get_node_ids(), {"w": np.zeros(4)}, SecAggConfig(**FAST))
+    with pytest.raises(SecAggValueError):
+        ClientPolicy(modes=("fedsgd",))
+    with pytest.raises(SecAggValueError):
+        ClientPolicy(min_noise_multiplier=-1.0)
+
+
+# ----------------------------------------------------------------------------- aborts and failures
+
+
+def test_too_few_survivors_abort_and_notify_nodes() -> None:
+    grid = LocalGrid(_app("integer"), 4)
+    cfg = SecAggConfig(mode="integer", neighbors="all", **FAST)
+    server = SecAggServer(cfg)
+    with pytest.raises(SecureRoundAbort) as info:
+        server.run_round(grid, grid.get_node_ids(), {"x": np.zeros(5, np.int64)},
+                         on_stage=_killer(grid, {"advertise_keys": [0, 1]}))
+    exc = info.value
+    assert exc.stage == "share_keys" and exc.nodes == tuple(grid.node_ids)
+    assert sorted(exc.dropped["share_keys"]) == grid.node_ids  # 2 silent, 2 excluded (too few neighbours)
+    assert server.round_index == 0 and server.last is None
+    # the live nodes got the abort notice and forgot the round
+    grid.pull_messages(list(grid._pending))
+    for n in grid.node_ids[2:]:
+        assert "secagg.session" not in grid.context(n).state
+    # the server object keeps serving: a fresh cohort completes
+    grid2 = LocalGrid(_app("integer"), 3)
+    assert len(server.run_round(grid2, grid2.get_node_ids(), {"x": np.zeros(5, np.int64)}).survivors) == 3
+
+
+def test_garbage_reply_is_a_dropout_not_a_failure() -> None:
+    inner = _app("integer", 16)
+
+    class Liar:
+        def __call__(self, msg: Message, ctx: Context) -> Message:
+            reply = inner(msg, ctx)
+            stage = msg.content.config_records["secagg"]["stage"]
+            if int(ctx.node_config["partition-id"]) == 2 and stage == "share_keys":
+                reply.content.array_records["secagg.payload"] = pack_payload(b"SAgg\x01\x99junk")
+            return reply
+
+    grid = LocalGrid(Liar(), 7)
+    cfg = SecAggConfig(mode="integer", bits=16, neighbors="all", threshold=4, **FAST)
+    reports: list[StageReport] = []
+    res = run_secure_round(grid, grid.get_node_ids(), {"x": np.zeros(9, np.int64)}, cfg, on_stage=reports.append)
+    assert grid.node_ids[2] in res.dropped["share_keys"]
+    assert "undecodable" in reports[1].errors[grid.node_ids[2]]
+    want = sum(_ints(p, 9, 16) for p in (0, 1, 3, 4, 5, 6)) % (1 << 16)
+    np.testing.assert_array_equal(res.arrays["x"].numpy(), want)
+
+
+def test_train_fn_errors_make_the_node_silent() -> None:
+    app = ClientApp()
+
+    def train(a: ArrayRecord, c: ConfigRecord, ctx: Context) -> Any:
+        p = int(ctx.node_config["partition-id"])
+        cur = {k: v.numpy() for k, v in a.items()}
+        if p == 0:
+            return {"w": np.full(3, np.nan)}, 1  # NaN update: refused locally
+        if p == 1:
+            return {"v": np.zeros(3)}, 1  # wrong layout
+        return {"w": cur["w"] + 0.1}, 1
+
+    register(app, train)
+    grid = LocalGrid(app, 6)
+    res = run_secure_round(grid, grid.get_node_ids(), {"w": np.zeros(3)},
+                           SecAggConfig(neighbors="all", threshold=3, **FAST))
+    assert [grid.partition_of(n) for n in res.survivors] == [2, 3, 4, 5]
+    scale = FixedPointEncoder.fit(6, 32, 1.0, weights=[1000] * 6).scale
+    np.testing.assert_allclose(res.update["w"].numpy(), 0.1, atol=1.0 / scale)
+
+
+def test_bad_arguments_are_typed() -> None:
+    grid = LocalGrid(_app("integer"), 3)
+    with pytest.raises(SecAggValueError):
+        run_secure_round(grid, grid.node_ids[:2], {"x": np.zeros(2, np.int64)}, SecAggConfig(mode="integer"))
+    with pytest.raises(SecAggValueError):
+        run_secure_round(grid, [1, 1, 2], {"x": np.zeros(2, np.int64)}, SecAggConfig(mode="integer"))
+    with pytest.raises(SecAggTypeError):
+        run_secure_round(grid, grid.node_ids, [np.zeros(2)], SecAggConfig(mode="integer"))
+    with pytest.raises(SecAggValueError):
+        run_secure_round(grid, grid.node_ids, {"x": np.zeros(2)}, SecAggConfig(mode="integer"))  # floats
+    for bad in ({"mode": "sum"}, {"bits": 1}, {"stage_timeout": 0}, {"neighbors": "some"},
+                {"dropout_fraction": 1.0}, {"mechanism": "laplace"}, {"max_weight": 1.5}):
+        with pytest.raises((SecAggValueError, SecAggTypeError)):
+            SecAggConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(SecAggTypeError):
+        SecAggServer(SecAggConfig(), ledger=object())
+    with pytest.raises(SecAggValueError):
+        SecAggServer(SecAggConfig(mode="dp"), ledger=type("L", (), {"append": 1, "head_for_clients": 1})())
+
+
+# ----------------------------------------------------------------------------- the FedAvg strategy
+
+
+def test_secagg_fedavg_strategy_runs_rounds() -> None:
+    grid = LocalGrid(_app("fedavg"), 4)
+    strategy = SecAggFedAvg(SecAggConfig(bound=0.5, neighbors="all", threshold=2, **FAST), fraction_evaluate=0.0)
+    init = ArrayRecord({"w": Array(np.zeros(10, np.float32))})
+    result = strategy.start(grid=grid, initial_arrays=init, num_rounds=2)
+    assert len(strategy.results) == 2 and not strategy.aborts
+    w = np.array([10.0, 20.0, 30.0, 40.0])
+    step = sum(wi * _delta(p, 10) for p, wi in enumerate(w)) / w.sum()
+    np.testing.assert_allclose(result.arrays["w"].numpy(), 2 * step, atol=1e-5)
+    assert result.train_metrics_clientapp[2]["secagg-survivors"] == 4
+
+
+def test_counting_grid_counts_each_node() -> None:
+    grid = LocalGrid(_app("integer"), 3)
+    counting = CountingGrid(grid)
+    run_secure_round(counting, grid.node_ids, {"x": np.zeros(1000, np.int64)}, SecAggConfig(mode="integer", **FAST))
+    assert set(counting.sent) == set(grid.node_ids) == set(counting.received)
+    assert counting.sent == grid.sent and counting.received == grid.received
+    assert all(v > 4000 for v in counting.received.values())  # the 1000 masked 32-bit values went up
+
+
+# ----------------------------------------------------------------------------- wire forms
+
+
+def test_payload_roundtrip_and_rejections() -> None:
+    data = bytes(range(256)) * 3
+    assert unpack_payload(pack_payload(data)) == data
+    with pytest.raises(MessageError):
+        unpack_payload(ArrayRecord({"bytes": Array(np.zeros(3, np.uint8))}))  # numpy stype
+    with pytest.raises(MessageError):
+        unpack_payload(ArrayRecord({"x": Array(dtype="uint8", shape=(1,), stype="secagg/bytes", data=b"a")}))
+    with pytest.raises(MessageError):
+        unpack_payload(ArrayRecord({"bytes": Array(dtype="uint8", shape=(5,), stype="secagg/bytes", data=b"a")}))
+    with pytest.raises(SecAggTypeError):
+        pack_payload("text")  # type: ignore[arg-type]
+
+
+def _spec(mode: str) -> RoundSpec:
+    layout = (ArraySpec("w", (3, 4), "float32"), ArraySpec("b", (4,), "float64"))
+    rid = bytes(range(16))
+    if mode == "fedavg":
+        return RoundSpec("fedavg", 2, rid, layout, 32, FixedPointEncoder.fit(5, 32, 1.0, weights=[50] * 5), 50)
+    from dp.distributed import plan_distributed
+
+    plan = plan_distributed(clients_expected=5, min_clients=3, colluders=0, dim=16, clip_norm=1.0,
+                            noise_multiplier=1.0)
+    return RoundSpec("dp", 0, rid, layout, int(plan.bits), plan=plan, ledger_head="2:" + "ab" * 32)
+
+
+@pytest.mark.parametrize("mode", ["fedavg", "dp"])
+def test_round_spec_json_roundtrip(mode: str) -> None:
+    spec = _spec(mode)
+    back = RoundSpec.from_json(spec.to_json())
+    assert back == spec and back.to_json() == spec.to_json() and back.fingerprint == spec.fingerprint
+    doc = json.loads(spec.to_json())
+    for broken in ({**doc, "format": 9}, {**doc, "mode": "median"}, {**doc, "layout": [["w", [3], "object"]]}):
+        with pytest.raises(MessageError):
+            RoundSpec.from_json(json.dumps(broken))
+    with pytest.raises(MessageError):
+        RoundSpec.from_json("{not json")
+    if mode == "dp":
+        bad = {**doc, "plan": {**doc["plan"], "sigma_client": 1e-9}}
+        with pytest.raises(MessageError):
+            RoundSpec.from_json(json.dumps(bad))
+
+
+def test_round_spec_checks_the_protocol_config() -> None:
+    spec = _spec("fedavg")
+    cfg, _ = make_config(5, spec.d, 32, round_id=spec.round_id)
+    spec.check_config(cfg)
+    other, _ = make_config(5, spec.d + 1, 32, round_id=spec.round_id)
+    with pytest.raises(ProtocolError):
+        spec.check_config(other)
+
+
+# ----------------------------------------------------------------------------- session persistence
+
+
+def _sessions(n: int = 4) -> tuple[Any, list[ClientSession]]:
+    from secagg.server import ServerSession
+
+    cfg, _ = make_config(n, 6, 16, neighbors="all", threshold=2, rng=b"s" * 32)
+    return ServerSession(cfg, auto_close=False), [ClientSession(cfg, i + 1, rng=bytes([i]) * 32) for i in range(n)]
+
+
+def test_session_export_restore_at_every_stage_completes_the_round() -> None:
+    server, clients = _sessions()
+    vec = [np.full(6, i + 1, np.uint32) for i in range(4)]
+    for c in clients:
+        server.receive(c.start().encode())
+    outbox = server.close_stage()
+    while outbox:
+        nxt = {}
+        for cid, msg in outbox.items():
+            data = export_session(clients[cid - 1])
+            assert export_session(restore_session(data)) == data  # canonical
+            clients[cid - 1] = restore_session(data)
+            reply = clients[cid - 1].receive(msg.encode())
+            if reply is None and clients[cid - 1].state is ClientState.AWAIT_INPUT:
+                reply = clients[cid - 1].provide_input(vec[cid - 1])
+            if reply is not None:
+                server.receive(reply.encode())
+        nxt = server.close_stage()
+        outbox = nxt
+    assert server.result is not None
+    np.testing.assert_array_equal(server.result.aggregate, np.full(6, 10))
+
+
+def test_session_export_refuses_inputs_and_bad_state() -> None:
+    _, clients = _sessions()
+    c = clients[0]
+    c.start()
+    c.provide_input(np.zeros(6, np.uint32))  # an early input is never persisted
+    with pytest.raises(SecAggValueError):
+        export_session(c)
+    with pytest.raises(SecAggTypeError):
+        export_session(object())  # type: ignore[arg-type]
+    good = json.loads(export_session(clients[1]))
+    for broken in (b"[]", b"{", json.dumps({**good, "format": 2}).encode(), json.dumps({**good, "state": "x"}).encode(),
+                   json.dumps({**good, "config": "00"}).encode()):
+        with pytest.raises(MessageError):
+            restore_session(broken)
+
+
+def test_session_export_notices_a_changed_client_session() -> None:
+    _, clients = _sessions()
+    c = clients[0]
+    c.new_field = 1  # type: ignore[attr-defined]
+    with pytest.raises(SecAggError, match="changed"):
+        export_session(c)
+
+
+def test_client_refuses_a_stage_without_a_session() -> None:
+    app = _app("integer")
+    grid = LocalGrid(app, 3)
+    msg = Message(RecordDict({"secagg": ConfigRecord({"stage": "share_keys", "round": "00" * 16}),
+                              "secagg.payload": pack_payload(b"SAgg")}), grid.node_ids[0], "train.secagg")
+    ids = list(grid.push_messages([msg]))
+    (reply,) = grid.pull_messages(ids)
+    assert reply.has_error() and "no secagg session" in reply.error.reason
+    msg2 = Message(RecordDict({"secagg": ConfigRecord({"stage": "share_keys"})}), grid.node_ids[0], "train.secagg")
+    (reply2,) = grid.pull_messages(list(grid.push_messages([msg2])))
+    assert reply2.has_error() and "malformed" in reply2.error.reason
+
+
+def test_torch_model_updates_through_the_torch_adapter() -> None:
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+
+    app = ClientApp()
+
+    def train(arrays: ArrayRecord, config: ConfigRecord, ctx: Context) -> LocalUpdate:
+        model = make()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        with torch.no_grad():
+            model[0].weight.add_(0.05 * (int(ctx.node_config["partition-id"]) + 1))
+        return LocalUpdate(model, 1)  # an nn.Module: state dict taken through secagg.torch
+
+    register(app, train)
+    grid = LocalGrid(app, 3)
+    init = ArrayRecord(make().state_dict())
+    res = run_secure_round(grid, grid.node_ids, init, SecAggConfig(**FAST))
+    delta = res.arrays["0.weight"].numpy() - init["0.weight"].numpy()
+    scale = FixedPointEncoder.fit(3, 32, 1.0, weights=[1000] * 3).scale
+    np.testing.assert_allclose(delta, 0.1, atol=1.0 / scale + 1e-6)
+    np.testing.assert_array_equal(res.arrays["1.num_batches_tracked"].numpy(), init["1.num_batches_tracked"].numpy())
+    model = make()
+    model.load_state_dict(res.arrays.to_torch_state_dict())  # composes with torch directly
+
+
+def test_secagg_flower_without_flwr_says_how_to_install() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class B:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'flwr':\n"
+        "            raise ModuleNotFoundError('blocked')\n"
+        "sys.meta_path.insert(0, B())\n"
+        "import secagg\n"
+        "try:\n"
+        "    import secagg.flower\n"
+        "except ModuleNotFoundError as e:\n"
+        "    print(e.name, 'secagg[flower]' in str(e))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.split() == ["flwr", "True"], out.stderr
+
+
+def test_a_reply_the_session_refuses_fails_the_round_and_stops_every_node() -> None:
+    from secagg.messages import ShareKeys, decode_message
+
+    inner = _app("integer", 16)
+
+    class Cheat:
+        def __call__(self, msg: Message, ctx: Context) -> Message:
+            reply = inner(msg, ctx)
+            stage = msg.content.config_records["secagg"]["stage"]
+            if int(ctx.node_config["partition-id"]) == 1 and stage == "share_keys":
+                sk = decode_message(unpack_payload(reply.content.array_records["secagg.payload"]))
+                assert isinstance(sk, ShareKeys)
+                bad = ShareKeys(sk.round_id, sk.sender, sk.shares[:-1])  # drops a neighbour's shares
+                reply.content.array_records["secagg.payload"] = pack_payload(bad.encode())
+            return reply
+
+    grid = LocalGrid(Cheat(), 5)
+    with pytest.raises(ProtocolError, match="stage share_keys"):
+        run_secure_round(grid, grid.get_node_ids(), {"x": np.zeros(4, np.int64)},
+                         SecAggConfig(mode="integer", neighbors="all", **FAST))
+    grid.pull_messages(list(grid._pending))  # the abort notices
+    assert all("secagg.session" not in grid.context(n).state for n in grid.node_ids)
