@@ -1,0 +1,89 @@
+"""Benchmarks of a full simulated SecAgg+ round (pytest-benchmark).
+
+CI runs these with ``--benchmark-disable`` as smoke tests at the small default sizes.
+The issue's workload (n = 100, d = 10^6, 10% dropout after share-keys, k = 20) runs
+when ``SECAGG_BENCH_FULL=1`` is set::
+
+    SECAGG_BENCH_FULL=1 .venv/bin/pytest bench/bench_protocol.py --benchmark-only
+
+``test_keystream_bound`` times ``cryptography``'s AES-CTR ``update_into`` for the same
+number of mask bytes the round generates: the hardware bound the round is compared to.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from secagg.simulate import RoundResult, simulate_round
+
+FULL = os.environ.get("SECAGG_BENCH_FULL") == "1"
+N, D = (100, 10**6) if FULL else (20, 10**4)
+K = 20 if FULL else 6
+
+
+def _inputs(n: int, d: int) -> Any:
+    """Every client's input is the same vector of ones (made once: producing inputs is
+    training's cost, not the protocol's); the sum is the number of survivors."""
+    ones = np.ones(d, dtype=np.uint32)
+
+    def make(i: int) -> npt.NDArray[np.uint32]:
+        return ones
+
+    return make
+
+
+def _dropouts(n: int) -> dict[str, list[int]]:
+    return {"masked_input": list(range(0, n, 10))}  # 10% after share-keys
+
+
+def mask_bytes(res: RoundResult) -> int:
+    """Bytes of PRG output a round generated: per masking client one self mask plus one
+    pairwise mask per key-sharing neighbour; per survivor one self mask removed by the
+    server; per recovered key one pairwise mask per surviving neighbour."""
+    item = 4 if res.bits <= 32 else 8
+    dropped_before = set(res.dropped["advertise_keys"]) | set(res.dropped["share_keys"])
+    shared = [u for u in res.graph if u not in dropped_before]
+    sharing = set(shared)
+    survivors = set(res.survivors)
+    masks = sum(1 + len(res.graph[u] & sharing) for u in survivors)  # clients
+    masks += len(survivors)  # server: self masks
+    masks += sum(len(res.graph[v] & survivors) for v in res.recovered)  # server: recovered pairs
+    return int(masks * res.d * item)
+
+
+@pytest.mark.parametrize("neighbors", [K, None], ids=["k", "auto"])
+def test_round(benchmark: Any, neighbors: int | None) -> None:
+    res = benchmark.pedantic(
+        simulate_round,
+        args=(_inputs(N, D),),
+        kwargs={"n": N, "d": D, "neighbors": neighbors, "dropouts": _dropouts(N), "seed": 1},
+        rounds=1,
+        iterations=1,
+    )
+    assert np.array_equal(res.aggregate, np.full(D, len(res.survivors), dtype=np.uint64))
+    benchmark.extra_info.update(k=res.k, t=res.t, mask_bytes=mask_bytes(res))
+
+
+def test_keystream_bound(benchmark: Any) -> None:
+    res = simulate_round(_inputs(N, D), n=N, d=D, neighbors=K, dropouts=_dropouts(N), seed=1)
+    total = mask_bytes(res)
+    chunk = 1 << 18
+    zeros = bytes(chunk)
+    out = bytearray(chunk + 15)
+
+    def keystream() -> float:
+        t0 = time.perf_counter()
+        enc = Cipher(algorithms.AES(bytes(32)), modes.CTR(bytes(16))).encryptor()
+        for _ in range(total // chunk):
+            enc.update_into(zeros, out)
+        return time.perf_counter() - t0
+
+    seconds = benchmark.pedantic(keystream, rounds=1, iterations=1)
+    benchmark.extra_info.update(mask_bytes=total, seconds=seconds)

@@ -1,0 +1,583 @@
+"""The client side of SecAgg+ as a sans-I/O state machine.
+
+A :class:`ClientSession` consumes server messages and returns the message to send; it
+never touches a socket, a thread or a clock.  One table (:data:`CLIENT_TRANSITIONS`)
+says which message is legal in which state; anything else raises
+:class:`~secagg.errors.ProtocolError` and moves the session to the sticky
+:attr:`ClientState.FAILED` state, after which it wipes its secrets and answers nothing.
+
+Typical use (the transport is yours)::
+
+    client = ClientSession(config, client_id)
+    send(client.start())                                  # AdvertiseKeys
+    send(client.receive(roster))                          # ShareKeys
+    reply = client.receive(delivery)                      # None: input not given yet
+    send(client.provide_input(vector))                    # MaskedInput (train in between)
+    send(client.receive(unmask_request))                  # UnmaskShares
+
+``client.receive(delivery, input=vector)`` does the last two steps at once, and
+:meth:`ClientSession.provide_input` may also be called early (before the delivery).
+
+Honest-client checks made locally (defence in depth against a curious or lying server):
+unsafe parameters are refused at construction (t > (k + c) / 2, t <= expected surviving
+neighbours, cohort floor >= c + 2); the roster must contain this client's own keys, no
+duplicated key, at least ``min_clients`` clients and at least t neighbours; a delivery
+must come from neighbours only, at least t of them, each ciphertext must authenticate
+(round id, sender, receiver and stage are in the associated data); an unmasking request
+must not list a peer as both surviving and dropped, must name only neighbours that
+shared keys, must leave at least t surviving neighbours, and the client never reveals
+both the self-mask share and the mask-key share of one peer during the session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from secagg import graph as _graph
+from secagg import packing as _packing
+from secagg import shamir as _shamir
+from secagg.crypto import aead as _aead
+from secagg.crypto import keys as _keys
+from secagg.crypto.prg import Masker
+from secagg.errors import (
+    CryptoError,
+    MessageError,
+    ProtocolError,
+    SecAggError,
+    SecAggTypeError,
+    SecAggValueError,
+    SecurityViolation,
+    UnsafeParametersError,
+)
+from secagg.messages import (
+    Abort,
+    AdvertiseKeys,
+    EncryptedShare,
+    MaskedInput,
+    Message,
+    RevealedShare,
+    Roster,
+    RoundConfig,
+    ShareDelivery,
+    ShareKeys,
+    SharePayload,
+    Stage,
+    UnmaskRequest,
+    UnmaskShares,
+    decode_message,
+)
+from secagg.rand import RandomSource, RngLike, as_random_source
+from secagg.ring import ring_dtype
+
+__all__ = [
+    "CLIENT_TRANSITIONS",
+    "ClientSession",
+    "ClientState",
+    "check_config",
+    "check_input",
+    "graph_seed",
+    "mask_sign",
+    "roster_graph",
+]
+
+RingArray = npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
+SECRET_BYTES = 32
+_GRAPH_DOMAIN = b"secagg/neighbour-graph/v1"
+
+
+class ClientState(str, Enum):
+    """States of a :class:`ClientSession` (in order; the last three are terminal)."""
+
+    READY = "ready"  # constructed, keys not advertised yet
+    ADVERTISED = "advertised"  # sent AdvertiseKeys, waiting for the Roster
+    SHARED = "shared"  # sent ShareKeys, waiting for the ShareDelivery
+    AWAIT_INPUT = "await_input"  # delivery processed, waiting for provide_input()
+    MASKED = "masked"  # sent MaskedInput, waiting for the UnmaskRequest
+    DONE = "done"  # sent UnmaskShares; the round is over for this client
+    ABORTED = "aborted"  # the server announced an abort
+    FAILED = "failed"  # an illegal or unsafe message was refused (sticky)
+
+
+#: The only legal (state, message class) pairs of a client and the handler for each.
+#: :class:`~secagg.messages.Abort` is legal in every non-terminal state.
+CLIENT_TRANSITIONS: dict[tuple[ClientState, type[Message]], str] = {
+    (ClientState.ADVERTISED, Roster): "_on_roster",
+    (ClientState.SHARED, ShareDelivery): "_on_delivery",
+    (ClientState.MASKED, UnmaskRequest): "_on_unmask",
+    **{
+        (s, Abort): "_on_abort"
+        for s in (
+            ClientState.READY,
+            ClientState.ADVERTISED,
+            ClientState.SHARED,
+            ClientState.AWAIT_INPUT,
+            ClientState.MASKED,
+        )
+    },
+}
+
+_TERMINAL = frozenset({ClientState.DONE, ClientState.ABORTED, ClientState.FAILED})
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def check_config(config: RoundConfig) -> None:
+    """Refuse unsafe round parameters (what an honest client checks before taking part).
+
+    Raises:
+        SecAggTypeError: ``config`` is not a :class:`~secagg.messages.RoundConfig`.
+        UnsafeParametersError: t <= (k + c) / 2 (k the largest neighbourhood, c the
+            bound on colluding neighbours), t above the expected surviving neighbours,
+            or a cohort floor below c + 2 (c the global number of colluders).
+    """
+    if not isinstance(config, RoundConfig):
+        raise SecAggTypeError(f"config must be a RoundConfig, got {type(config).__name__}")
+    if config.n >= _shamir.PRIME:
+        raise SecAggValueError(f"n must be below {_shamir.PRIME} (client ids are Shamir x-coordinates)")
+    if config.k == 1 and config.n > 2:
+        raise SecAggValueError("k must be >= 2 (or 0 for the complete graph)")
+    deg = config.max_degree
+    _graph.check_threshold(deg, config.t, min(config.corrupt_neighbours, deg), min(config.expected_survivors, deg))
+    if config.min_clients < config.colluders + 2:
+        raise UnsafeParametersError(
+            f"min_clients={config.min_clients} is below colluders + 2 = {config.colluders + 2}: a sum over that "
+            "few inputs can isolate one honest input; raise min_clients"
+        )
+
+
+def graph_seed(roster: Roster) -> bytes:
+    """Public seed of the neighbour graph: SHA-256 over a domain label and the canonical
+    encoding of the roster (round id and the sorted advertised keys)."""
+    return hashlib.sha256(_GRAPH_DOMAIN + roster.encode()).digest()
+
+
+def roster_graph(config: RoundConfig, roster: Roster) -> dict[int, frozenset[int]]:
+    """The neighbour graph over the clients in ``roster`` (client id -> neighbour ids),
+    recomputable by every client from the roster alone."""
+    k = None if config.complete else config.k
+    return _graph.neighbour_graph(list(roster.ids()), k, graph_seed(roster))
+
+
+def mask_sign(me: int, peer: int) -> int:
+    """Sign of the pairwise mask PRG(s_{me,peer}) in ``me``'s masked input: +1 if
+    me < peer else -1, so each pair's masks cancel in the sum."""
+    return 1 if me < peer else -1
+
+
+def check_input(vector: object, d: int, bits: int, *, copy: bool = True) -> RingArray:
+    """Validate one client input and return a fresh copy in ``ring_dtype(bits)``.
+
+    The input must be a 1-D integer array-like of length ``d`` with values in [0, 2^bits).
+    With ``copy=False`` only validate (the input itself is returned, any integer dtype).
+
+    Raises:
+        SecAggTypeError: not an integer array.
+        SecAggValueError: wrong shape or a value out of range.
+    """
+    arr = np.asarray(vector)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise SecAggTypeError(f"an input must be an integer array, got dtype {arr.dtype}; encode floats first")
+    if arr.shape != (d,):
+        raise SecAggValueError(f"an input must have shape ({d},), got {arr.shape}")
+    dt = ring_dtype(bits)
+    if d:
+        signed = np.issubdtype(arr.dtype, np.signedinteger)
+        if signed and int(arr.min()) < 0:
+            raise SecAggValueError(f"input values must be in [0, 2**{bits}); found a negative value")
+        if arr.dtype.itemsize * 8 - (1 if signed else 0) > bits and int(arr.max()) >= 1 << bits:
+            raise SecAggValueError(f"input values must be in [0, 2**{bits}); found {int(arr.max())}")
+    if not copy:
+        return cast(RingArray, arr)
+    return cast(RingArray, np.array(arr, dtype=dt, copy=True))
+
+
+def _packed(y: RingArray, bits: int) -> bytes | memoryview:
+    """Wire form of a masked vector (:func:`secagg.packing.pack`).  For 32 and 64 bits the
+    packed form is the little-endian array itself (see :mod:`secagg.packing`), so on a
+    little-endian machine it is a zero-copy view of ``y``."""
+    widths, rest = _packing.plane_widths(bits)
+    if sys.byteorder == "little" and rest == 0 and widths == (8 * y.dtype.itemsize,):
+        return y.data.cast("B")
+    return _packing.pack(y, bits)
+
+
+class _Agreement:
+    """:func:`secagg.crypto.keys.agree` for one private key and many peers: parses the
+    private key once (parsing costs as much as the exchange).  Same checks and errors.
+    Replace by a batch form of ``agree`` in :mod:`secagg.crypto.keys` if it gains one."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, private: bytes) -> None:
+        if not isinstance(private, bytes) or len(private) != _keys.KEY_SIZE:
+            raise SecAggValueError(f"private key must be {_keys.KEY_SIZE} raw bytes (X25519)")
+        self._key = X25519PrivateKey.from_private_bytes(private)
+
+    def __call__(self, peer_public: bytes) -> bytes:
+        if not isinstance(peer_public, bytes) or len(peer_public) != _keys.KEY_SIZE:
+            raise SecAggValueError(f"peer public key must be {_keys.KEY_SIZE} raw bytes (X25519)")
+        try:
+            shared = self._key.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        except ValueError as exc:
+            raise CryptoError("X25519 agreement gave the all-zero secret: the peer public key has small order") from exc
+        if not any(shared):
+            raise CryptoError("X25519 agreement gave the all-zero secret: reject this peer")
+        return shared
+
+
+def _wrap(exc: SecAggError, what: str) -> ProtocolError:
+    if isinstance(exc, ProtocolError):
+        return exc
+    err = ProtocolError(f"{what}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+# ----------------------------------------------------------------------------- the session
+
+
+class ClientSession:
+    """One client's side of one round.
+
+    Args:
+        config: the round's public parameters (checked with :func:`check_config`).
+        client_id: this client's id, 1 <= client_id <= config.n.
+        rng: randomness for the two X25519 key pairs, the self-mask seed, the Shamir
+            polynomials and the AEAD nonces (see :mod:`secagg.rand`); a seed replays
+            the exact transcript.  ``None`` is cryptographically secure.
+        masker: optional :class:`~secagg.crypto.prg.Masker` of matching ``d``/``bits``
+            to reuse its buffers across sessions run in one thread.
+
+    Raises:
+        UnsafeParametersError: the configuration is unsafe for an honest client.
+    """
+
+    def __init__(
+        self, config: RoundConfig, client_id: int, rng: RngLike = None, *, masker: Masker | None = None
+    ) -> None:
+        check_config(config)
+        if isinstance(client_id, bool) or not isinstance(client_id, int) or not 1 <= client_id <= config.n:
+            raise SecAggValueError(f"client_id must be an int in [1, {config.n}], got {client_id!r}")
+        self._config = config
+        self._id = client_id
+        self._rng: RandomSource = as_random_source(rng)
+        self._masker = masker
+        self._state = ClientState.READY
+        self.failure: SecAggError | None = None
+        self.abort_reason: str | None = None
+        # secrets
+        self._mask_sk: bytes | None = None
+        self._enc_sk: bytes | None = None
+        self._seed: bytes | None = None
+        self._input: npt.NDArray[np.uint32] | npt.NDArray[np.uint64] | None = None
+        # public state
+        self._mask_pk = b""
+        self._enc_pk = b""
+        self._neighbours: frozenset[int] = frozenset()
+        self._peer_mask_keys: dict[int, bytes] = {}
+        self._share_keys_cache: dict[int, bytes] = {}
+        self._partners: tuple[int, ...] = ()
+        self._held: dict[int, tuple[bytes, bytes]] = {}  # peer -> (key share, seed share)
+        self._revealed_self: set[int] = set()
+        self._revealed_key: set[int] = set()
+
+    # -- read-only views ---------------------------------------------------------------
+
+    @property
+    def state(self) -> ClientState:
+        """Current state."""
+        return self._state
+
+    @property
+    def client_id(self) -> int:
+        """This client's id."""
+        return self._id
+
+    @property
+    def config(self) -> RoundConfig:
+        """The round's parameters."""
+        return self._config
+
+    @property
+    def neighbours(self) -> frozenset[int]:
+        """Neighbour ids in the round's graph (empty before the roster)."""
+        return self._neighbours
+
+    @property
+    def partners(self) -> tuple[int, ...]:
+        """Neighbours that shared keys with this client (it masks against them), ascending."""
+        return self._partners
+
+    @property
+    def revealed(self) -> tuple[frozenset[int], frozenset[int]]:
+        """(peers whose self-mask share was revealed, peers whose mask-key share was revealed)."""
+        return frozenset(self._revealed_self), frozenset(self._revealed_key)
+
+    @property
+    def stage(self) -> Stage | None:
+        """The stage whose message this client sends next (None when terminal)."""
+        return {
+            ClientState.READY: Stage.ADVERTISE_KEYS,
+            ClientState.ADVERTISED: Stage.SHARE_KEYS,
+            ClientState.SHARED: Stage.MASKED_INPUT,
+            ClientState.AWAIT_INPUT: Stage.MASKED_INPUT,
+            ClientState.MASKED: Stage.UNMASKING,
+        }.get(self._state)
+
+    # -- driving the session ----------------------------------------------------------
+
+    def start(self) -> AdvertiseKeys:
+        """Generate the two X25519 key pairs and the self-mask seed; return stage 1's message.
+
+        Raises:
+            ProtocolError: not in state READY (the session fails).
+        """
+        if self._state is not ClientState.READY:
+            raise self._fail(ProtocolError(f"start() is only legal once, in state READY (not {self._state.value})"))
+        mask_sk = _keys.generate_private_key(self._rng)
+        enc_sk = _keys.generate_private_key(self._rng)
+        self._seed = self._rng.bytes(SECRET_BYTES)
+        self._mask_sk, self._enc_sk = mask_sk, enc_sk
+        self._mask_pk, self._enc_pk = _keys.public_key(mask_sk), _keys.public_key(enc_sk)
+        self._state = ClientState.ADVERTISED
+        return AdvertiseKeys(self._config.round_id, self._id, self._mask_pk, self._enc_pk)
+
+    def receive(self, message: Message | bytes | bytearray | memoryview, *, input: object = None) -> Message | None:
+        """Consume one server message; return the reply to send (or None).
+
+        Args:
+            message: a decoded message or its bytes.
+            input: optionally, this client's input vector (1-D, length d, integers in
+                [0, 2^bits)) to mask when ``message`` is the share delivery.
+
+        Returns:
+            :class:`~secagg.messages.ShareKeys` for a roster,
+            :class:`~secagg.messages.MaskedInput` for a delivery (None if no input was
+            provided yet: call :meth:`provide_input`),
+            :class:`~secagg.messages.UnmaskShares` for an unmasking request, None for
+            an abort.
+
+        Raises:
+            ProtocolError: the message is malformed, from another round, addressed to
+                another client, or illegal in the current state; the session fails.
+            SecurityViolation: an honest client must refuse the message; the session fails.
+            SecAggValueError, SecAggTypeError: ``input`` is invalid (the session is unchanged).
+        """
+        if self._state is ClientState.FAILED:
+            raise ProtocolError(f"client {self._id}: session has failed ({self.failure}); start a new round")
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            try:
+                message = decode_message(message)
+            except MessageError as exc:
+                raise self._fail(_wrap(exc, f"client {self._id}: undecodable message")) from exc
+        if not isinstance(message, Message):
+            raise SecAggTypeError(f"receive() needs a Message or bytes, got {type(message).__name__}")
+        handler = CLIENT_TRANSITIONS.get((self._state, type(message)))
+        if handler is None:
+            raise self._fail(
+                ProtocolError(f"client {self._id}: {type(message).__name__} is illegal in state {self._state.value}")
+            )
+        if message.round_id != self._config.round_id:
+            raise self._fail(ProtocolError(f"client {self._id}: message from another round; rejected"))
+        vec = None
+        if input is not None:
+            if not isinstance(message, ShareDelivery):
+                raise SecAggValueError("input= is only accepted with the ShareDelivery message")
+            if self._input is not None:
+                raise SecAggValueError("an input was already provided to this session")
+            vec = check_input(input, self._config.d, self._config.bits)
+        try:
+            fn: Callable[[Any], Message | None] = getattr(self, handler)
+            if vec is not None:
+                self._input = vec
+            return fn(message)
+        except SecAggError as exc:  # everything a handler raises comes from the message's content
+            raise self._fail(_wrap(exc, f"client {self._id}")) from exc
+
+    def provide_input(self, vector: object) -> MaskedInput | None:
+        """Give this client's input (1-D, length d, integers in [0, 2^bits)).
+
+        In state AWAIT_INPUT this masks it and returns the
+        :class:`~secagg.messages.MaskedInput` to send; before the delivery it stores a
+        copy and returns None (the delivery then answers with the masked input).
+
+        Raises:
+            SecAggValueError, SecAggTypeError: bad vector (the session is unchanged).
+            ProtocolError: an input was already given, or the round is past this stage.
+        """
+        if self._state in (ClientState.MASKED, *_TERMINAL) or self._input is not None:
+            if self._state is ClientState.FAILED:
+                raise ProtocolError(f"client {self._id}: session has failed; start a new round")
+            raise self._fail(
+                ProtocolError(f"client {self._id}: input given twice or too late (state {self._state.value})")
+            )
+        vec = check_input(vector, self._config.d, self._config.bits)
+        self._input = vec
+        if self._state is ClientState.AWAIT_INPUT:
+            return self._mask()
+        return None
+
+    # -- handlers -------------------------------------------------------------------------
+
+    def _on_roster(self, roster: Roster) -> ShareKeys:
+        cfg, me = self._config, self._id
+        ids = roster.ids()
+        mine = [e for e in roster.clients if e.client_id == me]
+        if not mine or mine[0].mask_key != self._mask_pk or mine[0].enc_key != self._enc_pk:
+            raise SecurityViolation(f"client {me}: roster does not carry this client's own keys")
+        if ids[-1] > cfg.n:
+            raise ProtocolError(f"client {me}: roster names client {ids[-1]} outside 1..{cfg.n}")
+        masks = {e.mask_key for e in roster.clients}
+        encs = {e.enc_key for e in roster.clients}
+        if len(masks) != len(ids) or len(encs) != len(ids):
+            raise SecurityViolation(f"client {me}: roster repeats a public key")
+        if len(ids) < cfg.min_clients:
+            raise SecurityViolation(f"client {me}: roster of {len(ids)} clients is below min_clients={cfg.min_clients}")
+        neighbours = _graph.neighbours(ids, None if cfg.complete else cfg.k, graph_seed(roster), me)
+        if len(neighbours) < cfg.t:
+            raise SecurityViolation(
+                f"client {me}: {len(neighbours)} neighbours cannot hold a {cfg.t}-threshold sharing"
+            )
+        entries = {e.client_id: e for e in roster.clients}
+        assert self._enc_sk is not None and self._mask_sk is not None and self._seed is not None
+        order = sorted(neighbours)
+        agree = _Agreement(self._enc_sk)
+        share_keys = {
+            v: _keys.derive(agree(entries[v].enc_key), _keys.LABEL_SHARE, cfg.round_id, me, v) for v in order
+        }
+        key_shares, seed_shares = _shamir.split_many([self._mask_sk, self._seed], cfg.t, order, rng=self._rng)
+        out = []
+        for v, ks, ss in zip(order, key_shares, seed_shares, strict=True):
+            payload = SharePayload(cfg.round_id, me, v, ks.to_bytes(), ss.to_bytes()).encode()
+            ct = _aead.encrypt(
+                share_keys[v],
+                payload,
+                sender=me,
+                receiver=v,
+                round_id=cfg.round_id,
+                stage=Stage.SHARE_KEYS.value,
+                rng=self._rng,
+            )
+            out.append(EncryptedShare(v, ct))
+        self._neighbours = frozenset(neighbours)
+        self._peer_mask_keys = {v: entries[v].mask_key for v in order}
+        self._share_keys_cache = share_keys
+        self._enc_sk = None  # no longer needed
+        self._state = ClientState.SHARED
+        return ShareKeys(cfg.round_id, me, tuple(out))
+
+    def _on_delivery(self, delivery: ShareDelivery) -> MaskedInput | None:
+        cfg, me = self._config, self._id
+        if delivery.receiver != me:
+            raise ProtocolError(f"client {me}: delivery addressed to client {delivery.receiver}")
+        senders = delivery.senders()
+        strangers = [v for v in senders if v not in self._neighbours]
+        if strangers:
+            raise SecurityViolation(f"client {me}: delivery carries shares from non-neighbours {strangers}")
+        if len(senders) < cfg.t:
+            raise SecurityViolation(
+                f"client {me}: only {len(senders)} neighbours shared keys, fewer than t={cfg.t}; "
+                "an honest server excludes such a client"
+            )
+        held: dict[int, tuple[bytes, bytes]] = {}
+        for item in delivery.shares:
+            v = item.peer
+            plain = _aead.decrypt(
+                self._share_keys_cache[v],
+                item.ciphertext,
+                sender=v,
+                receiver=me,
+                round_id=cfg.round_id,
+                stage=Stage.SHARE_KEYS.value,
+            )
+            payload = decode_message(plain, SharePayload)
+            assert isinstance(payload, SharePayload)
+            if payload.round_id != cfg.round_id or payload.sender != v or payload.receiver != me:
+                raise ProtocolError(f"client {me}: share bundle from {v} names the wrong round, sender or receiver")
+            for raw in (payload.key_share, payload.seed_share):
+                if _shamir.Share.from_bytes(raw).x != me:
+                    raise ProtocolError(f"client {me}: share from {v} is not at this client's x-coordinate")
+            held[v] = (payload.key_share, payload.seed_share)
+        self._held = held
+        self._partners = senders
+        self._share_keys_cache = {}
+        if self._input is None:
+            self._state = ClientState.AWAIT_INPUT
+            return None
+        return self._mask()
+
+    def _mask(self) -> MaskedInput:
+        cfg, me = self._config, self._id
+        y = self._input
+        assert y is not None and self._seed is not None and self._mask_sk is not None
+        masker = self._masker if self._masker is not None else Masker(cfg.d, cfg.bits)
+        agree = _Agreement(self._mask_sk)
+        masks = [(self._seed, 1)]
+        for v in self._partners:
+            s = _keys.derive(agree(self._peer_mask_keys[v]), _keys.LABEL_MASK, cfg.round_id, me, v)
+            masks.append((s, mask_sign(me, v)))
+        masker.add_many(y, masks)
+        payload = _packed(y, cfg.bits)
+        # Forget everything that could unmask this input.
+        self._input = None
+        self._seed = None
+        self._mask_sk = None
+        self._state = ClientState.MASKED
+        return MaskedInput(cfg.round_id, me, payload)
+
+    def _on_unmask(self, req: UnmaskRequest) -> UnmaskShares:
+        cfg, me = self._config, self._id
+        if req.receiver != me:
+            raise ProtocolError(f"client {me}: unmasking request addressed to client {req.receiver}")
+        alive, dead = set(req.survivors), set(req.dropped)
+        both = sorted(alive & dead)
+        if both:
+            raise SecurityViolation(f"client {me}: request lists {both} as both surviving and dropped; refusing")
+        strangers = sorted((alive | dead) - self._neighbours)
+        if strangers:
+            raise SecurityViolation(f"client {me}: request names non-neighbours {strangers}; refusing")
+        unknown = sorted((alive | dead) - set(self._partners))
+        if unknown:
+            raise SecurityViolation(f"client {me}: request names neighbours {unknown} that never shared keys")
+        if len(alive) < cfg.t:
+            raise SecurityViolation(
+                f"client {me}: request leaves {len(alive)} surviving neighbours, fewer than t={cfg.t}; refusing"
+            )
+        if alive & self._revealed_key or dead & self._revealed_self:
+            raise SecurityViolation(f"client {me}: would reveal both shares of a peer; refusing")
+        self_shares = tuple(RevealedShare(v, self._held[v][1]) for v in sorted(alive))
+        key_shares = tuple(RevealedShare(v, self._held[v][0]) for v in sorted(dead))
+        self._revealed_self |= alive
+        self._revealed_key |= dead
+        self._held = {}
+        self._state = ClientState.DONE
+        return UnmaskShares(cfg.round_id, me, self_shares, key_shares)
+
+    def _on_abort(self, msg: Abort) -> None:
+        self.abort_reason = msg.reason
+        self._wipe()
+        self._state = ClientState.ABORTED
+
+    # -- failure ------------------------------------------------------------------------
+
+    def _wipe(self) -> None:
+        self._mask_sk = self._enc_sk = self._seed = None
+        self._input = None
+        self._held = {}
+        self._share_keys_cache = {}
+
+    def _fail(self, exc: ProtocolError) -> ProtocolError:
+        self._wipe()
+        self._state = ClientState.FAILED
+        self.failure = exc
+        return exc
+

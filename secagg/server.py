@@ -1,0 +1,497 @@
+"""The server side of SecAgg+ as a sans-I/O state machine.
+
+A :class:`ServerSession` consumes client messages (:meth:`ServerSession.receive`) and,
+when a stage closes, returns an outbox ``{client_id: message}`` to deliver.  It has no
+clock: the caller decides when a stage's deadline has passed and calls
+:meth:`ServerSession.close_stage`; with ``auto_close=True`` (the default) a stage also
+closes as soon as every awaited client has answered.  One table
+(:data:`SERVER_TRANSITIONS`) says which client message is legal in which state; any
+other message, a replay, a message of another round, from an unknown or unexpected
+sender, or malformed, raises :class:`~secagg.errors.ProtocolError` and moves the
+session to the sticky :attr:`ServerState.FAILED` state.
+
+Stages (Bonawitz et al. CCS 2017 with the SecAgg+ graph of Bell et al. CCS 2020):
+
+1. collect :class:`~secagg.messages.AdvertiseKeys`; on close, the roster of the
+   clients whose keys arrived is broadcast and the neighbour graph fixed;
+2. collect :class:`~secagg.messages.ShareKeys`; on close, clients left with fewer than
+   t key-sharing neighbours are excluded (repeatedly), the others receive their
+   :class:`~secagg.messages.ShareDelivery`;
+3. collect :class:`~secagg.messages.MaskedInput` into a running sum (memory O(d));
+   on close the safety checks run **before any share is requested**: at least
+   ``min_clients`` survivors, every connected piece of the survivors' graph at least
+   ``min_clients`` large (and one piece when ``require_connected``), and enough
+   surviving holders for every secret that must be reconstructed;
+4. collect :class:`~secagg.messages.UnmaskShares`; on close, reconstruct the self-mask
+   seeds of the survivors and the mask keys of neighbours that dropped after sharing
+   keys (only those with a surviving neighbour), remove the masks of the affected pairs
+   only, and publish :attr:`ServerSession.result`.
+
+When a round cannot complete safely, :class:`~secagg.errors.ProtocolAbort` is raised
+(state ABORTED) and :meth:`ServerSession.abort_messages` gives the notices to send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from secagg import graph as _graph
+from secagg import packing as _packing
+from secagg import shamir as _shamir
+from secagg.client import _Agreement, check_config, mask_sign, roster_graph
+from secagg.crypto import keys as _keys
+from secagg.crypto.prg import Masker
+from secagg.errors import (
+    MessageError,
+    ProtocolAbort,
+    ProtocolError,
+    SecAggError,
+    SecAggTypeError,
+    ShareError,
+)
+from secagg.messages import (
+    Abort,
+    AdvertiseKeys,
+    EncryptedShare,
+    MaskedInput,
+    Message,
+    Roster,
+    RosterEntry,
+    RoundConfig,
+    ShareDelivery,
+    ShareKeys,
+    Stage,
+    UnmaskRequest,
+    UnmaskShares,
+    decode_message,
+)
+from secagg.ring import reduce_inplace, ring_dtype
+
+RingArray = npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
+
+__all__ = ["SERVER_TRANSITIONS", "AggregateResult", "ServerSession", "ServerState"]
+
+
+class ServerState(str, Enum):
+    """States of a :class:`ServerSession` (the last three are terminal)."""
+
+    COLLECT_KEYS = "collect_keys"
+    COLLECT_SHARES = "collect_shares"
+    COLLECT_MASKED = "collect_masked"
+    COLLECT_UNMASK = "collect_unmask"
+    DONE = "done"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+
+#: The only legal (state, message class) pairs of the server and the handler for each.
+SERVER_TRANSITIONS: dict[tuple[ServerState, type[Message]], str] = {
+    (ServerState.COLLECT_KEYS, AdvertiseKeys): "_on_keys",
+    (ServerState.COLLECT_SHARES, ShareKeys): "_on_shares",
+    (ServerState.COLLECT_MASKED, MaskedInput): "_on_masked",
+    (ServerState.COLLECT_UNMASK, UnmaskShares): "_on_unmask",
+}
+
+_STAGE_OF = {
+    ServerState.COLLECT_KEYS: Stage.ADVERTISE_KEYS,
+    ServerState.COLLECT_SHARES: Stage.SHARE_KEYS,
+    ServerState.COLLECT_MASKED: Stage.MASKED_INPUT,
+    ServerState.COLLECT_UNMASK: Stage.UNMASKING,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class AggregateResult:
+    """Output of a completed round.
+
+    Attributes:
+        aggregate: the sum mod 2^bits of the inputs of ``survivors``, shape (d,),
+            ``ring_dtype(bits)``.
+        survivors: ids of the clients whose masked input is in the sum, ascending.
+        dropped: for each stage, ids that were awaited but did not answer (or were
+            excluded) in that stage.
+        recovered_keys: ids whose mask key was reconstructed (dropped after sharing keys
+            with a surviving neighbour).
+    """
+
+    aggregate: npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
+    survivors: tuple[int, ...]
+    dropped: dict[str, tuple[int, ...]]
+    recovered_keys: tuple[int, ...]
+
+
+class ServerSession:
+    """The server's side of one round (honest-but-curious server; see docs/threat-model.md).
+
+    Args:
+        config: the round's public parameters (the same object the clients use; send
+            it to them first if they do not have it).
+        auto_close: close a stage as soon as every awaited client has answered.
+        masker: optional :class:`~secagg.crypto.prg.Masker` of matching ``d``/``bits``
+            to reuse its buffers.
+
+    Raises:
+        UnsafeParametersError: unsafe parameters (same check as the clients).
+    """
+
+    def __init__(self, config: RoundConfig, *, auto_close: bool = True, masker: Masker | None = None) -> None:
+        check_config(config)
+        self._config = config
+        self._auto = bool(auto_close)
+        self._masker = masker
+        self._state = ServerState.COLLECT_KEYS
+        self.failure: SecAggError | None = None
+        self.abort_reason: str | None = None
+        self.result: AggregateResult | None = None
+        self._awaited: set[int] = set(range(1, config.n + 1))
+        self._keys: dict[int, AdvertiseKeys] = {}
+        self._key_set: set[bytes] = set()
+        self._roster: Roster | None = None
+        self._graph: dict[int, frozenset[int]] = {}
+        self._bundles: dict[int, dict[int, bytes]] = {}  # sender -> receiver -> ciphertext
+        self._u2: frozenset[int] = frozenset()
+        self._acc: npt.NDArray[np.uint32] | npt.NDArray[np.uint64] | None = None
+        self._u3: set[int] = set()
+        self._requests: dict[int, UnmaskRequest] = {}
+        self._self_shares: dict[int, list[_shamir.Share]] = {}
+        self._key_shares: dict[int, list[_shamir.Share]] = {}
+        self._responded: set[int] = set()
+        self._dropped: dict[str, tuple[int, ...]] = {}
+        self._participants: set[int] = set(self._awaited)  # who gets an Abort notice
+
+    # -- read-only views ---------------------------------------------------------------
+
+    @property
+    def state(self) -> ServerState:
+        """Current state."""
+        return self._state
+
+    @property
+    def config(self) -> RoundConfig:
+        """The round's parameters."""
+        return self._config
+
+    @property
+    def stage(self) -> Stage | None:
+        """The stage being collected (None when terminal)."""
+        return _STAGE_OF.get(self._state)
+
+    @property
+    def awaited(self) -> frozenset[int]:
+        """Clients whose message for the current stage has not arrived yet."""
+        return frozenset(self._awaited) if self._state in _STAGE_OF else frozenset()
+
+    @property
+    def graph(self) -> dict[int, frozenset[int]]:
+        """The neighbour graph (client id -> neighbour ids), fixed when stage 1 closes."""
+        return dict(self._graph)
+
+    @property
+    def roster(self) -> Roster | None:
+        """The roster broadcast after stage 1 (None before)."""
+        return self._roster
+
+    @property
+    def dropped(self) -> dict[str, tuple[int, ...]]:
+        """Per closed stage, the awaited clients that did not answer (or were excluded)."""
+        return dict(self._dropped)
+
+    # -- driving the session ----------------------------------------------------------
+
+    def receive(
+        self, message: Message | bytes | bytearray | memoryview, *, sender: int | None = None
+    ) -> dict[int, Message]:
+        """Consume one client message.
+
+        Args:
+            message: a decoded message or its bytes (a masked input is read straight
+                from the buffer; it is added to the running sum and not retained).
+            sender: the client id the transport authenticated, if any; it must match
+                the message's sender.
+
+        Returns:
+            The outbox of the stage this message closed (auto_close), else ``{}``.
+
+        Raises:
+            ProtocolError: illegal, replayed, cross-round, unexpected or malformed
+                message; the session fails (sticky).
+            ProtocolAbort: the message closed a stage and the round cannot complete safely.
+        """
+        if self._state is ServerState.FAILED:
+            raise ProtocolError(f"server session has failed ({self.failure}); start a new round")
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            try:
+                message = decode_message(message)
+            except MessageError as exc:
+                raise self._fail(f"undecodable message: {exc}", exc) from exc
+        if not isinstance(message, Message):
+            raise SecAggTypeError(f"receive() needs a Message or bytes, got {type(message).__name__}")
+        handler = SERVER_TRANSITIONS.get((self._state, type(message)))
+        if handler is None:
+            raise self._fail(f"{type(message).__name__} is illegal in state {self._state.value}")
+        if message.round_id != self._config.round_id:
+            raise self._fail(f"{type(message).__name__} from another round; rejected")
+        who = getattr(message, "sender")  # noqa: B009 - every client-to-server message has one
+        if sender is not None and sender != who:
+            raise self._fail(f"message claims sender {who} but the transport says {sender}")
+        if who not in self._awaited:
+            why = "replayed" if self._is_known(who) else "from a client not in this stage"
+            raise self._fail(f"{type(message).__name__} {why} (client {who})")
+        fn: Callable[[Any], None] = getattr(self, handler)
+        try:
+            fn(message)
+        except SecAggError as exc:
+            raise self._fail(f"{type(message).__name__} from client {who}: {exc}", exc) from exc
+        self._awaited.discard(who)
+        if self._auto and not self._awaited:
+            return self.close_stage()
+        return {}
+
+    def close_stage(self) -> dict[int, Message]:
+        """Close the current stage (its deadline passed, or everyone answered).
+
+        Returns:
+            ``{client_id: message}`` to deliver: the roster, the share deliveries (and
+            :class:`~secagg.messages.Abort` notices to excluded clients), the unmasking
+            requests; ``{}`` after the last stage (read :attr:`result`).
+
+        Raises:
+            ProtocolAbort: the round cannot complete safely; nothing individual was revealed.
+            ProtocolError: the session is not collecting a stage.
+        """
+        closer = {
+            ServerState.COLLECT_KEYS: self._close_keys,
+            ServerState.COLLECT_SHARES: self._close_shares,
+            ServerState.COLLECT_MASKED: self._close_masked,
+            ServerState.COLLECT_UNMASK: self._close_unmask,
+        }.get(self._state)
+        if closer is None:
+            if self._state is ServerState.FAILED:
+                raise ProtocolError(f"server session has failed ({self.failure}); start a new round")
+            raise ProtocolError(f"no stage to close in state {self._state.value}")
+        stage = _STAGE_OF[self._state].value
+        self._dropped[stage] = tuple(sorted(self._awaited))
+        return closer()
+
+    def abort_messages(self) -> dict[int, Abort]:
+        """After an abort: the :class:`~secagg.messages.Abort` notice for each client still
+        taking part (empty otherwise)."""
+        if self._state is not ServerState.ABORTED:
+            return {}
+        notice = Abort(self._config.round_id, self.abort_reason or "aborted")
+        return {c: notice for c in sorted(self._participants)}
+
+    # -- stage 1 ------------------------------------------------------------------------
+
+    def _on_keys(self, msg: AdvertiseKeys) -> None:
+        if msg.mask_key in self._key_set or msg.enc_key in self._key_set or msg.mask_key == msg.enc_key:
+            raise ProtocolError("advertised a public key already in use in this round")
+        self._keys[msg.sender] = msg
+        self._key_set.update((msg.mask_key, msg.enc_key))
+
+    def _close_keys(self) -> dict[int, Message]:
+        cfg = self._config
+        ids = sorted(self._keys)
+        self._participants = set(ids)
+        if len(ids) < cfg.min_clients:
+            raise self._abort(f"only {len(ids)} clients advertised keys, below min_clients={cfg.min_clients}")
+        roster = Roster(
+            cfg.round_id, tuple(RosterEntry(c, self._keys[c].mask_key, self._keys[c].enc_key) for c in ids)
+        )
+        graph = roster_graph(cfg, roster)
+        low = min(len(nb) for nb in graph.values())
+        if low < cfg.t:
+            raise self._abort(f"{len(ids)} clients give a client only {low} neighbours, fewer than t={cfg.t}")
+        self._roster, self._graph = roster, graph
+        self._awaited = set(ids)
+        self._state = ServerState.COLLECT_SHARES
+        return {c: roster for c in ids}
+
+    # -- stage 2 ------------------------------------------------------------------------
+
+    def _on_shares(self, msg: ShareKeys) -> None:
+        want = self._graph[msg.sender]
+        got = {s.peer for s in msg.shares}
+        if got != want:
+            raise ProtocolError(f"share bundles must go to exactly the sender's {len(want)} neighbours")
+        self._bundles[msg.sender] = {s.peer: s.ciphertext for s in msg.shares}
+
+    def _close_shares(self) -> dict[int, Message]:
+        cfg, graph = self._config, self._graph
+        u2 = set(self._bundles)
+        # A client with fewer than t key-sharing neighbours could never have its secrets
+        # reconstructed: treat it as dropped before sharing keys, and repeat.
+        excluded: set[int] = set()
+        todo = sorted(u2)
+        while todo:
+            u = todo.pop()
+            if u in u2 and len(graph[u] & u2) < cfg.t:
+                u2.discard(u)
+                excluded.add(u)
+                todo.extend(graph[u] & u2)  # they just lost a key-sharing neighbour
+        self._participants = set(u2)
+        if excluded:
+            self._dropped[Stage.SHARE_KEYS.value] = tuple(sorted(set(self._dropped[Stage.SHARE_KEYS.value]) | excluded))
+        if len(u2) < cfg.min_clients:
+            self._participants |= excluded
+            raise self._abort(f"only {len(u2)} clients shared keys, below min_clients={cfg.min_clients}")
+        self._u2 = frozenset(u2)
+        out: dict[int, Message] = {}
+        for v in sorted(u2):
+            items = tuple(EncryptedShare(u, self._bundles[u][v]) for u in sorted(graph[v] & u2))
+            out[v] = ShareDelivery(cfg.round_id, v, items)
+        if excluded:
+            notice = Abort(cfg.round_id, "excluded: too few neighbours shared keys")
+            for u in sorted(excluded):
+                out[u] = notice
+        self._bundles = {}
+        self._acc = cast(RingArray, np.zeros(cfg.d, dtype=ring_dtype(cfg.bits)))
+        self._awaited = set(u2)
+        self._state = ServerState.COLLECT_MASKED
+        return out
+
+    # -- stage 3 ------------------------------------------------------------------------
+
+    def _on_masked(self, msg: MaskedInput) -> None:
+        cfg = self._config
+        want = _packing.packed_size(cfg.d, cfg.bits)
+        if len(msg.payload) != want:
+            raise ProtocolError(
+                f"masked input must be {want} bytes ({cfg.d} values of {cfg.bits} bits), got {len(msg.payload)}"
+            )
+        vec = _packing.unpack(cast(bytes, msg.payload), cfg.bits, cfg.d)  # memoryview accepted (zero-copy)
+        assert self._acc is not None
+        np.add(self._acc, vec, out=self._acc)  # wraps mod 2^32 / 2^64; reduced once at the end
+        self._u3.add(msg.sender)
+
+    def _close_masked(self) -> dict[int, Message]:
+        cfg, graph, u2 = self._config, self._graph, self._u2
+        u3 = frozenset(self._u3)
+        self._participants = set(u3)
+        if len(u3) < cfg.min_clients:
+            raise self._abort(f"only {len(u3)} masked inputs arrived, below min_clients={cfg.min_clients}")
+        sub = {u: graph[u] & u3 for u in u3}
+        pieces = _graph.components(graph, u3)
+        if cfg.require_connected and len(pieces) > 1:
+            raise self._abort(
+                f"the survivors' graph fell into {len(pieces)} pieces; the server would learn each piece's sum"
+            )
+        small = min(len(p) for p in pieces)
+        if small < cfg.min_clients:
+            raise self._abort(
+                f"a piece of the survivors' graph has {small} clients, below min_clients={cfg.min_clients}"
+            )
+        for u in sorted(u3):
+            if len(sub[u]) < cfg.t:
+                raise self._abort(f"client {u}'s self mask has {len(sub[u])} surviving holders, fewer than t={cfg.t}")
+        for v in sorted(u2 - u3):
+            alive = graph[v] & u3
+            if alive and len(alive) < cfg.t:
+                raise self._abort(
+                    f"dropped client {v}'s mask key has {len(alive)} surviving holders, fewer than t={cfg.t}"
+                )
+        out: dict[int, Message] = {}
+        for u in sorted(u3):
+            req = UnmaskRequest(cfg.round_id, u, tuple(sorted(sub[u])), tuple(sorted((graph[u] & u2) - u3)))
+            self._requests[u] = req
+            out[u] = req
+        self._u3 = set(u3)
+        self._awaited = set(u3)
+        self._state = ServerState.COLLECT_UNMASK
+        return out
+
+    # -- stage 4 ------------------------------------------------------------------------
+
+    def _on_unmask(self, msg: UnmaskShares) -> None:
+        req = self._requests[msg.sender]
+        if tuple(s.owner for s in msg.self_shares) != req.survivors:
+            raise ProtocolError("self-mask shares must be exactly those requested")
+        if tuple(s.owner for s in msg.key_shares) != req.dropped:
+            raise ProtocolError("mask-key shares must be exactly those requested")
+        own = [_shamir.Share.from_bytes(s.share) for s in msg.self_shares]
+        keys = [_shamir.Share.from_bytes(s.share) for s in msg.key_shares]
+        if any(sh.x != msg.sender for sh in (*own, *keys)):
+            raise ProtocolError("a revealed share is not at the sender's x-coordinate")
+        for s, sh in zip(msg.self_shares, own, strict=True):
+            self._self_shares.setdefault(s.owner, []).append(sh)
+        for s, sh in zip(msg.key_shares, keys, strict=True):
+            self._key_shares.setdefault(s.owner, []).append(sh)
+        self._responded.add(msg.sender)
+
+    def _reconstruct(self, owner: int, shares: list[_shamir.Share], what: str) -> bytes:
+        """Secret of ``owner`` from its revealed shares: t + 1 shares when available (one
+        spare share detects a corrupted one), all of them with error correction if so."""
+        t = self._config.t
+        if len(shares) < t:
+            raise self._abort(f"only {len(shares)} shares of client {owner}'s {what}, fewer than t={t}")
+        try:
+            return _shamir.combine(shares[: t + 1], t)
+        except ShareError:
+            pass
+        try:
+            return _shamir.reconstruct(shares, t).secret
+        except ShareError as exc:
+            raise self._abort(f"shares of client {owner}'s {what} are inconsistent: {exc}") from exc
+
+    def _close_unmask(self) -> dict[int, Message]:
+        cfg, graph = self._config, self._graph
+        u3 = sorted(self._u3)
+        assert self._acc is not None and self._roster is not None
+        masked_keys = {e.client_id: e.mask_key for e in self._roster.clients}
+        needed = sorted(v for v in self._u2 - self._u3 if graph[v] & self._u3)
+        # Reconstruct every secret first: abort before touching the running sum.
+        seeds = {u: self._reconstruct(u, self._self_shares.get(u, []), "self-mask seed") for u in u3}
+        sks: dict[int, bytes] = {}
+        for v in needed:
+            sk = self._reconstruct(v, self._key_shares.get(v, []), "mask key")
+            if _keys.public_key(sk) != masked_keys[v]:
+                raise self._abort(f"client {v}'s reconstructed mask key does not match its advertised public key")
+            sks[v] = sk
+        acc = self._acc
+        masker = self._masker if self._masker is not None else Masker(cfg.d, cfg.bits)
+        for u in u3:
+            masker.add(acc, seeds[u], -1)
+        for v in needed:
+            agree = _Agreement(sks[v])
+            for w in sorted(graph[v] & self._u3):
+                s = _keys.derive(agree(masked_keys[w]), _keys.LABEL_MASK, cfg.round_id, v, w)
+                masker.add(acc, s, -mask_sign(w, v))  # w added mask_sign(w, v) * PRG(s_vw)
+        reduce_inplace(acc, cfg.bits)
+        self._acc = None
+        self.result = AggregateResult(acc, tuple(u3), dict(self._dropped), tuple(needed))
+        self._self_shares, self._key_shares = {}, {}
+        self._state = ServerState.DONE
+        return {}
+
+    # -- failure and abort -------------------------------------------------------------
+
+    def _is_known(self, who: int) -> bool:
+        done: dict[ServerState, Collection[int]] = {
+            ServerState.COLLECT_KEYS: self._keys.keys(),
+            ServerState.COLLECT_SHARES: self._bundles.keys(),
+            ServerState.COLLECT_MASKED: self._u3,
+            ServerState.COLLECT_UNMASK: self._responded,
+        }
+        return who in done.get(self._state, ())
+
+    def _abort(self, reason: str) -> ProtocolAbort:
+        self._state = ServerState.ABORTED
+        self.abort_reason = reason
+        self._acc = None
+        self._bundles, self._self_shares, self._key_shares = {}, {}, {}
+        return ProtocolAbort(reason)
+
+    def _fail(self, reason: str, cause: BaseException | None = None) -> ProtocolError:
+        err = ProtocolError(reason)
+        err.__cause__ = cause
+        self._state = ServerState.FAILED
+        self.failure = err
+        self._acc = None
+        self._bundles, self._self_shares, self._key_shares = {}, {}, {}
+        return err

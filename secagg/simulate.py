@@ -1,0 +1,460 @@
+"""Simulate one SecAgg+ round: real client and server sessions over an in-memory network.
+
+:func:`simulate_round` is the edge of the protocol layer: it builds the
+:class:`~secagg.messages.RoundConfig`, runs one :class:`~secagg.client.ClientSession`
+per client and one :class:`~secagg.server.ServerSession`, and carries every message as
+bytes (encode, count, decode) so ``bytes_up``/``bytes_down`` are the real wire sizes.
+It is also the only place that reads a clock (``time.perf_counter``, for ``timings``).
+
+Memory: masked inputs are streamed into the server one at a time and inputs given as a
+callable are produced one at a time, so a round at n = 1000, d = 10^6 holds O(d) values
+(plus one client's vector), never n * d.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from secagg import graph as _graph
+from secagg.client import ClientSession, check_config, check_input
+from secagg.crypto.prg import Masker
+from secagg.errors import SecAggTypeError, SecAggValueError
+from secagg.messages import Message, RoundConfig, ShareDelivery, Stage, decode_message
+from secagg.rand import RandomSource, RngLike, as_random_source
+from secagg.ring import check_bits
+from secagg.server import ServerSession
+
+__all__ = ["STAGES", "RoundResult", "make_config", "run_simulation", "simulate_round"]
+
+#: Stage names, in order (keys of ``dropouts``, ``bytes_up``, ``bytes_down``, ``timings``).
+STAGES: tuple[str, ...] = tuple(s.value for s in Stage)
+
+InputsLike = npt.ArrayLike | Sequence[npt.ArrayLike] | Callable[[int], npt.ArrayLike]
+
+
+@dataclass(frozen=True, eq=False)
+class RoundResult:
+    """What a simulated round produced.  Client *indices* are 0-based (client id - 1).
+
+    Attributes:
+        aggregate: uint64 array (d,): the sum of the inputs of ``survivors`` mod 2^bits.
+        survivors: sorted indices whose masked input arrived (and is in the sum).
+        dropped: per stage, indices the server saw go silent (or excluded) in that stage.
+        recovered: indices whose mask key was reconstructed (dropped after sharing keys).
+        bytes_up: per stage, bytes sent by clients (real encodings).
+        bytes_down: per stage, bytes sent by the server to request that stage's message
+            (the config for ``advertise_keys``, the roster, the deliveries, the requests).
+        timings: per stage, ``{"client": s, "server": s}`` seconds (client time summed
+            over clients), plus ``"total"``.
+        k: neighbours per client (n - 1 for the complete graph).
+        t: Shamir threshold.
+        colluders: c, clients assumed to collude with the server.
+        min_clients: cohort floor.
+        complete: whether the complete graph (classic SecAgg) was used.
+        graph: index -> neighbour indices, over the clients whose keys arrived.
+        config: the :class:`~secagg.messages.RoundConfig` of the round.
+        params: the :class:`~secagg.graph.GraphParameters` the parameters came from.
+    """
+
+    aggregate: npt.NDArray[np.uint64]
+    survivors: list[int]
+    dropped: dict[str, list[int]]
+    recovered: list[int]
+    bytes_up: dict[str, int]
+    bytes_down: dict[str, int]
+    timings: dict[str, dict[str, float]]
+    k: int
+    t: int
+    colluders: int
+    min_clients: int
+    complete: bool
+    graph: dict[int, frozenset[int]] = field(repr=False)
+    config: RoundConfig = field(repr=False)
+    params: _graph.GraphParameters | None = field(repr=False, default=None)
+
+    @property
+    def n(self) -> int:
+        """Number of clients."""
+        return self.config.n
+
+    @property
+    def d(self) -> int:
+        """Vector length."""
+        return self.config.d
+
+    @property
+    def bits(self) -> int:
+        """Ring bit width."""
+        return self.config.bits
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def _int(name: str, v: object, lo: int, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise SecAggTypeError(f"{name} must be an int, got {type(v).__name__}")
+    iv = int(v)
+    if iv < lo or (hi is not None and iv > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise SecAggValueError(f"{name} must be {rng}, got {iv}")
+    return iv
+
+
+def _inputs(inputs: object, n: int | None, d: int | None) -> tuple[int, int, Callable[[int], object]]:
+    """Normalise ``inputs`` to (n, d, i -> vector)."""
+    if callable(inputs) and not isinstance(inputs, np.ndarray):
+        if n is None or d is None:
+            raise SecAggValueError("a callable inputs needs the n= and d= keywords (number of clients, vector length)")
+        fn: Callable[[int], object] = inputs
+        return n, d, fn
+    if isinstance(inputs, np.ndarray):
+        if inputs.ndim != 2:
+            raise SecAggValueError(f"an inputs array must have shape (n, d), got {inputs.shape}")
+        if inputs.dtype == np.bool_ or not np.issubdtype(inputs.dtype, np.integer):
+            raise SecAggTypeError(f"inputs must be integers, got dtype {inputs.dtype}; encode floats first")
+        rn, rd = inputs.shape
+        get: Callable[[int], object] = inputs.__getitem__
+    elif isinstance(inputs, Sequence) and not isinstance(inputs, (str, bytes)):
+        shapes = {np.shape(r) for r in inputs}
+        if len(shapes) > 1 or any(len(s) != 1 for s in shapes):
+            raise SecAggValueError(f"a sequence of inputs must hold 1-D arrays of one length, got shapes {shapes}")
+        rn, rd = len(inputs), (next(iter(shapes))[0] if shapes else 0)
+        get = inputs.__getitem__
+    else:
+        raise SecAggTypeError(
+            "inputs must be an (n, d) integer array, a sequence of 1-D arrays or a callable; "
+            f"got {type(inputs).__name__}"
+        )
+    if n is not None and n != rn:
+        raise SecAggValueError(f"n={n} does not match the {rn} inputs given")
+    if d is not None and d != rd:
+        raise SecAggValueError(f"d={d} does not match the input length {rd}")
+    return rn, rd, get
+
+
+def _dropouts(dropouts: object, n: int) -> dict[str, frozenset[int]]:
+    """Per stage, the *ids* (index + 1) silent at that stage (earliest stage wins)."""
+    out: dict[str, frozenset[int]] = {s: frozenset() for s in STAGES}
+    if dropouts is None:
+        return out
+    if not isinstance(dropouts, Mapping):
+        raise SecAggTypeError(f"dropouts must be a mapping stage -> client indices, got {type(dropouts).__name__}")
+    seen: set[int] = set()
+    for stage in STAGES:
+        raw = dropouts.get(stage, ())
+        if isinstance(raw, (str, bytes)) or not isinstance(raw, Iterable):
+            raise SecAggTypeError(f"dropouts[{stage!r}] must be an iterable of client indices")
+        ids = {_int(f"dropouts[{stage!r}] entry", i, 0, n - 1) + 1 for i in raw}
+        out[stage] = frozenset(ids - seen)
+        seen |= ids
+    unknown = sorted(str(k) for k in dropouts if k not in STAGES)
+    if unknown:
+        raise SecAggValueError(f"unknown dropout stage(s) {unknown}; use {list(STAGES)}")
+    return out
+
+
+def make_config(
+    n: int,
+    d: int,
+    bits: int = 32,
+    *,
+    threshold: int | None = None,
+    neighbors: int | str | None = None,
+    colluders: int | None = None,
+    min_clients: int | None = None,
+    dropout_fraction: float = 0.1,
+    corrupt_fraction: float = 0.0,
+    require_connected: bool = True,
+    round_id: bytes | None = None,
+    rng: RngLike = None,
+) -> tuple[RoundConfig, _graph.GraphParameters]:
+    """Build a checked :class:`~secagg.messages.RoundConfig` (and the
+    :class:`~secagg.graph.GraphParameters` behind it) for a round of ``n`` clients.
+
+    ``neighbors``: None = SecAgg+ with k and t chosen from the threat model
+    (:func:`secagg.graph.choose_parameters` with ``dropout_fraction`` and
+    ``corrupt_fraction``); an int k; or ``"all"`` for the complete graph.
+    ``threshold``: None = the safe default for that graph.  ``round_id``: None = 16
+    random bytes from ``rng``.
+
+    Raises:
+        SecAggValueError, SecAggTypeError: bad arguments.
+        UnsafeParametersError: the threshold or cohort floor is unsafe.
+    """
+    n = _int("n", n, 3)
+    d = _int("d", d, 1)
+    bits = check_bits(bits)
+    if bits < 2:
+        raise SecAggValueError(f"bits must be in [2, 64], got {bits}")
+    if colluders is not None:
+        colluders = _int("colluders", colluders, 0, n - 2)
+    if threshold is not None:
+        threshold = _int("threshold", threshold, 1, n - 1)
+    if not isinstance(dropout_fraction, (int, float)) or isinstance(dropout_fraction, bool):
+        raise SecAggTypeError("dropout_fraction must be a float")
+    if colluders is None:
+        colluders = _graph.ThreatModel(n, dropout_fraction, corrupt_fraction).colluders
+    if neighbors is None:
+        params = _graph.choose_parameters(_graph.ThreatModel(n, dropout_fraction, colluders / n))
+        if threshold is not None:
+            k_auto = None if params.complete else params.k
+            params = _graph.parameters_for_k(n, k_auto, threshold, colluders, dropout_fraction=dropout_fraction)
+    elif isinstance(neighbors, str):
+        if neighbors != "all":
+            raise SecAggValueError(f"neighbors must be None, an int k or 'all', got {neighbors!r}")
+        params = _graph.parameters_for_k(n, None, threshold, colluders, dropout_fraction=dropout_fraction)
+    else:
+        k = _int("neighbors", neighbors, 2, n - 1)
+        params = _graph.parameters_for_k(n, k, threshold, colluders, dropout_fraction=dropout_fraction)
+    floor = params.min_clients if min_clients is None else _int("min_clients", min_clients, 1, n)
+    k_cfg = 0 if params.complete else params.k
+    rid = round_id if round_id is not None else as_random_source(rng).bytes(16)
+    cfg = RoundConfig(
+        rid,
+        n,
+        d,
+        bits,
+        k_cfg,
+        params.t,
+        params.colluders,
+        params.corrupt_neighbours,
+        floor,
+        params.expected_survivors,
+        bool(require_connected),
+    )
+    check_config(cfg)
+    return cfg, params
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+class _Net:
+    """In-memory network: every message crosses as bytes; sizes are counted per stage."""
+
+    def __init__(self) -> None:
+        self.up = dict.fromkeys(STAGES, 0)
+        self.down = dict.fromkeys(STAGES, 0)
+        self._cache: tuple[Message, bytes] | None = None
+
+    def send_up(self, stage: str, msg: Message) -> bytes:
+        data = msg.encode()
+        self.up[stage] += len(data)
+        return data
+
+    def send_down(self, stage: str, msg: Message) -> bytes:
+        # A broadcast (one roster object for every client) is encoded once.
+        if self._cache is not None and self._cache[0] is msg:
+            data = self._cache[1]
+        else:
+            data = msg.encode()
+            self._cache = (msg, data)
+        self.down[stage] += len(data)
+        return data
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = {s: {"client": 0.0, "server": 0.0} for s in STAGES}
+
+    def add(self, stage: str, role: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.t[stage][role] += now - t0
+        return now
+
+
+def simulate_round(  # noqa: PLR0917 - the contract's positional names
+    inputs: InputsLike,
+    bits: int = 32,
+    threshold: int | None = None,
+    neighbors: int | str | None = None,
+    dropouts: Mapping[str, Iterable[int]] | None = None,
+    seed: int | bytes | None = None,
+    *,
+    n: int | None = None,
+    d: int | None = None,
+    colluders: int | None = None,
+    min_clients: int | None = None,
+    dropout_fraction: float = 0.1,
+    corrupt_fraction: float = 0.0,
+    require_connected: bool = True,
+    rng: RngLike = None,
+) -> RoundResult:
+    """Run one secure-aggregation round through real sessions and an in-memory network.
+
+    Args:
+        inputs: an integer array (n, d) with values in [0, 2^bits), a sequence of n 1-D
+            arrays, or a callable ``i -> array`` (with ``n=`` and ``d=``) called once per
+            client at the masked-input stage (so n * d values never coexist).
+        bits: ring bit width b in [2, 64]; the sum is mod 2^b.
+        threshold: Shamir threshold t; None = the safe default for the graph.
+        neighbors: None = SecAgg+ with k from the threat model; an int k; ``"all"`` =
+            complete graph (classic SecAgg).
+        dropouts: stage name (``"advertise_keys"``, ``"share_keys"``, ``"masked_input"``,
+            ``"unmasking"``) -> client indices (0-based) silent before sending that
+            stage's message.
+        seed: None = fresh OS randomness; an int or bytes replays the exact transcript.
+        n: number of clients (required with a callable ``inputs``).
+        d: vector length (required with a callable ``inputs``).
+        colluders: c, clients colluding with the server (default from the threat model).
+        min_clients: cohort floor (default c + 2).
+        dropout_fraction: tolerated dropout fraction for the automatic k (``neighbors=None``).
+        corrupt_fraction: tolerated corrupt fraction for the automatic k.
+        require_connected: abort when the survivors' graph is disconnected (default).
+        rng: alternative to ``seed``: any :data:`secagg.rand.RngLike`.
+
+    Returns:
+        A :class:`RoundResult`.
+
+    Raises:
+        ProtocolAbort: the round cannot complete safely (too few survivors, a piece of
+            the survivors' graph below ``min_clients``, unrecoverable secrets).
+        SecAggValueError, SecAggTypeError: bad arguments.
+        UnsafeParametersError: unsafe threshold or cohort floor.
+    """
+    if n is not None:
+        n = _int("n", n, 1)
+    if d is not None:
+        d = _int("d", d, 1)
+    bits = check_bits(bits)
+    if bits < 2:
+        raise SecAggValueError(f"bits must be in [2, 64], got {bits}")
+    n_, d_, get = _inputs(inputs, n, d)
+    if n_ < 3:
+        raise SecAggValueError(f"a round needs at least 3 clients, got {n_}")
+    if d_ < 1:
+        raise SecAggValueError("inputs must have at least one coordinate")
+    if isinstance(inputs, np.ndarray) and inputs.size:
+        lo, hi = int(inputs.min()), int(inputs.max())
+        if lo < 0 or hi >= 1 << bits:
+            raise SecAggValueError(f"inputs must lie in [0, 2**{bits}); found values in [{lo}, {hi}]")
+    elif not callable(inputs):  # a sequence: validate every row before anything runs
+        for i in range(n_):
+            check_input(get(i), d_, bits, copy=False)
+    if seed is not None and rng is not None:
+        raise SecAggValueError("pass seed= or rng=, not both")
+    master: RandomSource = as_random_source(seed if seed is not None else rng)
+    drop = _dropouts(dropouts, n_)
+    cfg, params = make_config(
+        n_,
+        d_,
+        bits,
+        threshold=threshold,
+        neighbors=neighbors,
+        colluders=colluders,
+        min_clients=min_clients,
+        dropout_fraction=dropout_fraction,
+        corrupt_fraction=corrupt_fraction,
+        require_connected=require_connected,
+        rng=master,
+    )
+    return _drive(cfg, params, get, drop, master)
+
+
+def run_simulation(
+    config: RoundConfig,
+    inputs: InputsLike,
+    dropouts: Mapping[str, Iterable[int]] | None = None,
+    rng: RngLike = None,
+) -> RoundResult:
+    """Drive one round with a ready-made :class:`~secagg.messages.RoundConfig` (for
+    example one received from a server, or hand-made for tests).
+
+    ``inputs`` and ``dropouts`` are as in :func:`simulate_round` (a callable is called
+    as ``inputs(i)`` for the 0-based index i); ``rng`` seeds every client.
+
+    Raises:
+        UnsafeParametersError: the config is unsafe for an honest client.
+        ProtocolAbort: as in :func:`simulate_round`.
+    """
+    check_config(config)
+    _, d_, get = _inputs(inputs, config.n, config.d)
+    if d_ != config.d:
+        raise SecAggValueError(f"inputs have length {d_}, the config says d={config.d}")
+    return _drive(config, None, get, _dropouts(dropouts, config.n), as_random_source(rng))
+
+
+def _drive(
+    cfg: RoundConfig,
+    params: _graph.GraphParameters | None,
+    get: Callable[[int], object],
+    drop: dict[str, frozenset[int]],
+    master: RandomSource,
+) -> RoundResult:
+    n_, d_, bits = cfg.n, cfg.d, cfg.bits
+    client_seeds = [master.bytes(32) for _ in range(n_)]
+    net, clock = _Net(), _Clock()
+    masker = Masker(d_, bits)
+    server = ServerSession(cfg, auto_close=False, masker=masker)
+    clients: dict[int, ClientSession] = {}
+
+    # Stage 1: the server sends the config; clients advertise keys.
+    st = Stage.ADVERTISE_KEYS.value
+    cfg_bytes = net.send_down(st, cfg)
+    for cid in range(1, n_ + 1):
+        if cid > 1:
+            net.down[st] += len(cfg_bytes)
+        if cid in drop[st]:
+            continue
+        t0 = time.perf_counter()
+        received = decode_message(cfg_bytes, RoundConfig)
+        assert isinstance(received, RoundConfig)
+        client = ClientSession(received, cid, client_seeds[cid - 1], masker=masker)
+        data = net.send_up(st, client.start())
+        t0 = clock.add(st, "client", t0)
+        server.receive(data)
+        clock.add(st, "server", t0)
+        clients[cid] = client
+    t0 = time.perf_counter()
+    outbox = server.close_stage()
+    clock.add(st, "server", t0)
+
+    for st in STAGES[1:]:
+        for cid, msg in outbox.items():
+            down = net.send_down(st, msg)
+            if cid in drop[st]:
+                continue
+            client = clients[cid]
+            vec = get(cid - 1) if isinstance(msg, ShareDelivery) else None  # the input is not protocol time
+            t0 = time.perf_counter()
+            reply = client.receive(down, input=vec)
+            if reply is None:
+                clock.add(st, "client", t0)
+                continue
+            data = net.send_up(st, reply)
+            t0 = clock.add(st, "client", t0)
+            server.receive(data)
+            clock.add(st, "server", t0)
+        t0 = time.perf_counter()
+        outbox = server.close_stage()
+        clock.add(st, "server", t0)
+
+    res = server.result
+    assert res is not None
+    timings = {s: dict(v) for s, v in clock.t.items()}
+    timings["total"] = {r: sum(clock.t[s][r] for s in STAGES) for r in ("client", "server")}
+    graph = {u - 1: frozenset(v - 1 for v in nb) for u, nb in server.graph.items()}
+    return RoundResult(
+        aggregate=res.aggregate.astype(np.uint64),
+        survivors=[u - 1 for u in res.survivors],
+        dropped={s: [u - 1 for u in res.dropped.get(s, ())] for s in STAGES},
+        recovered=[u - 1 for u in res.recovered_keys],
+        bytes_up=net.up,
+        bytes_down=net.down,
+        timings=timings,
+        k=cfg.degree,
+        t=cfg.t,
+        colluders=cfg.colluders,
+        min_clients=cfg.min_clients,
+        complete=cfg.complete,
+        graph=graph,
+        config=cfg,
+        params=params,
+    )
+

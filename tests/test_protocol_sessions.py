@@ -1,0 +1,813 @@
+"""Client and server sessions: transition tables, replays, cross-round messages, tampering,
+malicious-server requests, and the statistical uniformity of what the server sees."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from secagg.client import CLIENT_TRANSITIONS, ClientSession, ClientState, check_config, roster_graph
+from secagg.errors import (
+    MessageError,
+    ProtocolAbort,
+    ProtocolError,
+    SecAggTypeError,
+    SecAggValueError,
+    SecurityViolation,
+    UnsafeParametersError,
+)
+from secagg.messages import (
+    Abort,
+    AdvertiseKeys,
+    EncryptedShare,
+    MaskedInput,
+    Message,
+    Roster,
+    RosterEntry,
+    RoundConfig,
+    ShareDelivery,
+    ShareKeys,
+    SharePayload,
+    Stage,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from secagg.packing import unpack
+from secagg.server import SERVER_TRANSITIONS, ServerSession, ServerState
+
+RID = bytes(range(16))
+OTHER_RID = bytes(range(1, 17))
+STAGES = [s.value for s in Stage]
+
+
+def make_config(**kw: object) -> RoundConfig:
+    """Complete graph over 6 clients, t = 3 (safe: 3 > 5/2, and 3 <= 4 expected survivors)."""
+    base: dict[str, object] = dict(
+        round_id=RID, n=6, d=8, bits=16, k=0, t=3, colluders=0, corrupt_neighbours=0,
+        min_clients=2, expected_survivors=4, require_connected=True,
+    )  # fmt: skip
+    base.update(kw)
+    return RoundConfig(**base)  # type: ignore[arg-type]
+
+
+def inputs_for(cfg: RoundConfig, seed: int = 0) -> dict[int, np.ndarray]:
+    gen = np.random.default_rng(seed)
+    return {c: gen.integers(0, 2**cfg.bits, size=cfg.d, dtype=np.uint64) for c in range(1, cfg.n + 1)}
+
+
+Hook = Callable[[str, int, Message], Message | None]
+
+
+@dataclass
+class Run:
+    cfg: RoundConfig
+    server: ServerSession
+    clients: dict[int, ClientSession]
+    inputs: dict[int, np.ndarray]
+    up: dict[str, dict[int, Message]] = field(default_factory=dict)
+    down: dict[str, dict[int, Message]] = field(default_factory=dict)
+
+    def expected_sum(self, ids: tuple[int, ...]) -> np.ndarray:
+        total = sum((self.inputs[i] for i in ids), np.zeros(self.cfg.d, dtype=np.uint64))
+        return total & np.uint64(2**self.cfg.bits - 1)
+
+
+def drive(
+    cfg: RoundConfig,
+    drop: dict[str, set[int]] | None = None,
+    *,
+    until: str | None = None,
+    down_hook: Hook | None = None,
+    seed: int = 0,
+) -> Run:
+    """Run a round through real sessions, recording every message.  ``down_hook`` may
+    replace (or drop, by returning None) a server-to-client message."""
+    drop = drop or {}
+    run = Run(cfg, ServerSession(cfg, auto_close=False), {}, inputs_for(cfg, seed))
+    run.up[STAGES[0]] = {}
+    run.down[STAGES[0]] = {}
+    for cid in range(1, cfg.n + 1):
+        client = ClientSession(cfg, cid, rng=seed * 1000 + cid)
+        run.clients[cid] = client
+        if cid in drop.get(STAGES[0], set()):
+            continue
+        adv = client.start()
+        run.up[STAGES[0]][cid] = adv
+        run.server.receive(adv.encode())
+    if until == STAGES[0]:
+        return run
+    outbox = run.server.close_stage()
+    for stage in STAGES[1:]:
+        run.up[stage], run.down[stage] = {}, {}
+        for cid, msg in outbox.items():
+            if down_hook is not None:
+                hooked = down_hook(stage, cid, msg)
+                if hooked is None:
+                    continue
+                msg = hooked
+            run.down[stage][cid] = msg
+            if cid in drop.get(stage, set()):
+                continue
+            client = run.clients[cid]
+            if isinstance(msg, ShareDelivery):
+                reply = client.receive(msg.encode(), input=run.inputs[cid])
+            else:
+                reply = client.receive(msg.encode())
+            if reply is not None:
+                run.up[stage][cid] = reply
+                run.server.receive(reply.encode())
+        if until == stage:
+            return run
+        outbox = run.server.close_stage()
+    return run
+
+
+# ----------------------------------------------------------------------------- happy paths
+
+
+@pytest.mark.parametrize("bits", [2, 16, 32, 33, 64])
+def test_full_round_exact_sum(bits: int) -> None:
+    run = drive(make_config(bits=bits))
+    res = run.server.result
+    assert res is not None and run.server.state is ServerState.DONE
+    assert res.survivors == (1, 2, 3, 4, 5, 6)
+    assert np.array_equal(res.aggregate.astype(np.uint64), run.expected_sum(res.survivors))
+    assert all(c.state is ClientState.DONE for c in run.clients.values())
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_dropout_before_each_stage_is_survived(stage: str) -> None:
+    run = drive(make_config(), {stage: {2}})
+    res = run.server.result
+    assert res is not None
+    expected = (1, 3, 4, 5, 6) if stage != "unmasking" else (1, 2, 3, 4, 5, 6)
+    assert res.survivors == expected
+    assert np.array_equal(res.aggregate.astype(np.uint64), run.expected_sum(res.survivors))
+    assert res.dropped[stage] == (2,)
+    # mask-key recovery only for a client that dropped after sharing keys
+    assert res.recovered_keys == ((2,) if stage == "masked_input" else ())
+
+
+def test_sparse_graph_round_and_client_graph_matches_server() -> None:
+    cfg = make_config(n=12, k=4, t=3, expected_survivors=3)
+    run = drive(cfg, {"share_keys": {5}, "masked_input": {7}})
+    assert run.server.roster is not None
+    graph = roster_graph(cfg, run.server.roster)
+    assert graph == run.server.graph
+    for cid, client in run.clients.items():
+        if cid != 5:  # 5 went silent before reading the roster
+            assert client.neighbours == graph[cid]
+    res = run.server.result
+    assert res is not None
+    assert np.array_equal(res.aggregate.astype(np.uint64), run.expected_sum(res.survivors))
+
+
+def test_provide_input_before_or_after_delivery() -> None:
+    cfg = make_config()
+    run = drive(cfg, until="share_keys")
+    outbox = run.server.close_stage()
+    replies = {}
+    for cid, msg in outbox.items():
+        client = run.clients[cid]
+        if cid % 2:
+            assert client.provide_input(run.inputs[cid]) is None  # early: stored
+            reply = client.receive(msg)
+        else:
+            assert client.receive(msg) is None  # waits for the input (training happens here)
+            assert client.state is ClientState.AWAIT_INPUT
+            reply = client.provide_input(run.inputs[cid])
+        assert isinstance(reply, MaskedInput)
+        replies[cid] = reply
+    for reply in replies.values():
+        run.server.receive(reply)
+    outbox = run.server.close_stage()
+    for cid, msg in outbox.items():
+        run.server.receive(run.clients[cid].receive(msg))  # type: ignore[arg-type]
+    run.server.close_stage()
+    res = run.server.result
+    assert res is not None and np.array_equal(res.aggregate.astype(np.uint64), run.expected_sum(res.survivors))
+
+
+def test_auto_close_closes_when_everyone_answered() -> None:
+    cfg = make_config()
+    server = ServerSession(cfg)
+    clients = {c: ClientSession(cfg, c, rng=c) for c in range(1, 7)}
+    ins = inputs_for(cfg)
+    outbox: dict[int, Message] = {}
+    for c, cl in clients.items():
+        outbox = server.receive(cl.start())
+        assert (outbox == {}) == (c < 6)
+    while outbox:
+        nxt: dict[int, Message] = {}
+        for c, msg in outbox.items():
+            reply = clients[c].receive(msg, input=ins[c] if isinstance(msg, ShareDelivery) else None)
+            assert reply is not None
+            nxt = server.receive(reply) or nxt
+        outbox = nxt
+    assert server.state is ServerState.DONE and server.result is not None
+
+
+def test_transcript_replays_exactly() -> None:
+    a = drive(make_config(), {"masked_input": {4}}, seed=3)
+    b = drive(make_config(), {"masked_input": {4}}, seed=3)
+    for stage in STAGES:
+        assert {c: m.encode() for c, m in a.up[stage].items()} == {c: m.encode() for c, m in b.up[stage].items()}
+    c = drive(make_config(), {"masked_input": {4}}, seed=4)
+    assert a.up["advertise_keys"][1].encode() != c.up["advertise_keys"][1].encode()
+
+
+# ----------------------------------------------------------------------------- transition tables
+
+CLIENT_BOUND = [RoundConfig, Roster, ShareDelivery, UnmaskRequest, Abort]
+SERVER_BOUND = [AdvertiseKeys, ShareKeys, MaskedInput, UnmaskShares]
+ALL_TYPES = [*CLIENT_BOUND, *SERVER_BOUND, SharePayload]
+
+
+@pytest.fixture(scope="module")
+def reference() -> Run:
+    return drive(make_config())
+
+
+def sample(run: Run, cls: type[Message], cid: int = 1) -> Message:
+    """A genuine message of class ``cls`` from the reference round (addressed to/from ``cid``)."""
+    for book in (run.up, run.down):
+        for msgs in book.values():
+            m = msgs.get(cid)
+            if isinstance(m, cls):
+                return m
+    if cls is RoundConfig:
+        return run.cfg
+    if cls is Abort:
+        return Abort(RID, "test")
+    if cls is SharePayload:
+        return SharePayload(RID, 2, cid, b"k", b"s")
+    raise AssertionError(cls)
+
+
+def client_in(run: Run, state: ClientState, cid: int = 1) -> ClientSession:
+    """A fresh client with the reference round's randomness, advanced to ``state``."""
+    c = ClientSession(run.cfg, cid, rng=cid)
+    if state is ClientState.READY:
+        return c
+    c.start()
+    if state is ClientState.ADVERTISED:
+        return c
+    if state is ClientState.ABORTED:
+        c.receive(Abort(RID, "stop"))
+        return c
+    if state is ClientState.FAILED:
+        with pytest.raises(ProtocolError):
+            c.receive(sample(run, MaskedInput))
+        return c
+    c.receive(run.down["share_keys"][cid])
+    if state is ClientState.SHARED:
+        return c
+    c.receive(run.down["masked_input"][cid])
+    if state is ClientState.AWAIT_INPUT:
+        return c
+    c.provide_input(run.inputs[cid])
+    if state is ClientState.MASKED:
+        return c
+    c.receive(run.down["unmasking"][cid])
+    assert state is ClientState.DONE
+    return c
+
+
+def test_reference_client_replays_its_own_messages(reference: Run) -> None:
+    c = ClientSession(reference.cfg, 1, rng=1)
+    assert c.start() == reference.up["advertise_keys"][1]
+
+
+CLIENT_ILLEGAL = [
+    (s, cls) for s in ClientState for cls in ALL_TYPES if (s, cls) not in CLIENT_TRANSITIONS
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("state", "cls"), CLIENT_ILLEGAL, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_every_illegal_client_pair_fails_sticky(reference: Run, state: ClientState, cls: type[Message]) -> None:
+    client = client_in(reference, state)
+    msg = sample(reference, cls)
+    with pytest.raises(ProtocolError):
+        client.receive(msg.encode())
+    assert client.state is ClientState.FAILED
+    # sticky: even a message that would have been legal before is refused now
+    with pytest.raises(ProtocolError):
+        client.receive(Abort(RID, "x"))
+    with pytest.raises(ProtocolError):
+        client.provide_input(reference.inputs[1])
+    assert client.state is ClientState.FAILED
+
+
+def test_legal_client_pairs_are_exactly_the_table(reference: Run) -> None:
+    for (state, cls), _handler in CLIENT_TRANSITIONS.items():
+        client = client_in(reference, state)
+        client.receive(sample(reference, cls))
+        assert client.state is not ClientState.FAILED
+
+
+def server_in(run: Run, state: ServerState) -> ServerSession:
+    """A fresh server fed the reference round's genuine messages up to ``state``."""
+    s = ServerSession(run.cfg, auto_close=False)
+    if state is ServerState.FAILED:
+        with pytest.raises(ProtocolError):
+            s.receive(sample(run, UnmaskShares))
+        return s
+    order = [ServerState.COLLECT_KEYS, ServerState.COLLECT_SHARES, ServerState.COLLECT_MASKED,
+             ServerState.COLLECT_UNMASK, ServerState.DONE]  # fmt: skip
+    if state is ServerState.ABORTED:
+        with pytest.raises(ProtocolAbort):
+            s.close_stage()  # nobody advertised keys
+        return s
+    for stage, st in zip(STAGES, order, strict=False):
+        if st is state:
+            return s
+        for msg in run.up[stage].values():
+            s.receive(msg)
+        s.close_stage()
+    assert state is ServerState.DONE
+    return s
+
+
+SERVER_ILLEGAL = [(s, cls) for s in ServerState for cls in ALL_TYPES if (s, cls) not in SERVER_TRANSITIONS]
+
+
+@pytest.mark.parametrize(("state", "cls"), SERVER_ILLEGAL, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_every_illegal_server_pair_fails_sticky(reference: Run, state: ServerState, cls: type[Message]) -> None:
+    server = server_in(reference, state)
+    with pytest.raises(ProtocolError):
+        server.receive(sample(reference, cls).encode())
+    assert server.state is ServerState.FAILED
+    with pytest.raises(ProtocolError):
+        server.receive(reference.up["advertise_keys"][1])
+    with pytest.raises(ProtocolError):
+        server.close_stage()
+
+
+def test_legal_server_pairs(reference: Run) -> None:
+    for (state, cls), _handler in SERVER_TRANSITIONS.items():
+        server = server_in(reference, state)
+        server.receive(sample(reference, cls))
+        assert server.state is state
+
+
+# ----------------------------------------------------------------------------- replays, rounds, senders
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_server_rejects_replayed_message(reference: Run, stage: str) -> None:
+    state = [ServerState.COLLECT_KEYS, ServerState.COLLECT_SHARES, ServerState.COLLECT_MASKED,
+             ServerState.COLLECT_UNMASK][STAGES.index(stage)]  # fmt: skip
+    server = server_in(reference, state)
+    msg = reference.up[stage][3]
+    server.receive(msg)
+    with pytest.raises(ProtocolError, match="replayed"):
+        server.receive(msg)
+    assert server.state is ServerState.FAILED
+    assert server.result is None
+
+
+def test_server_rejects_cross_round_unknown_and_spoofed_senders(reference: Run) -> None:
+    msg = reference.up["advertise_keys"][2]
+    assert isinstance(msg, AdvertiseKeys)
+    for bad in (
+        dataclasses.replace(msg, round_id=OTHER_RID),
+        dataclasses.replace(msg, sender=99),
+    ):
+        server = server_in(reference, ServerState.COLLECT_KEYS)
+        with pytest.raises(ProtocolError):
+            server.receive(bad)
+        assert server.state is ServerState.FAILED
+    server = server_in(reference, ServerState.COLLECT_KEYS)
+    with pytest.raises(ProtocolError, match="transport"):
+        server.receive(msg, sender=3)
+    server = server_in(reference, ServerState.COLLECT_KEYS)
+    with pytest.raises(ProtocolError, match="undecodable"):
+        server.receive(b"garbage")
+
+
+@pytest.mark.parametrize("stage", STAGES[1:])
+def test_client_rejects_replayed_server_message(reference: Run, stage: str) -> None:
+    after = {"share_keys": ClientState.SHARED, "masked_input": ClientState.MASKED, "unmasking": ClientState.DONE}
+    client = client_in(reference, after[stage])
+    with pytest.raises(ProtocolError, match="illegal"):
+        client.receive(reference.down[stage][1])  # the same message a second time
+    assert client.state is ClientState.FAILED
+
+
+def test_server_accepts_matching_transport_sender(reference: Run) -> None:
+    server = server_in(reference, ServerState.COLLECT_KEYS)
+    assert server.receive(reference.up["advertise_keys"][2], sender=2) == {}
+    assert server.awaited == frozenset({1, 3, 4, 5, 6})
+
+
+def test_server_rejects_duplicate_public_keys(reference: Run) -> None:
+    server = server_in(reference, ServerState.COLLECT_KEYS)
+    a = reference.up["advertise_keys"][1]
+    assert isinstance(a, AdvertiseKeys)
+    server.receive(a)
+    with pytest.raises(ProtocolError, match="already in use"):
+        server.receive(dataclasses.replace(a, sender=2))
+
+
+def test_client_rejects_cross_round_and_misaddressed(reference: Run) -> None:
+    roster = reference.down["share_keys"][1]
+    client = client_in(reference, ClientState.ADVERTISED)
+    with pytest.raises(ProtocolError, match="another round"):
+        client.receive(dataclasses.replace(roster, round_id=OTHER_RID))
+    client = client_in(reference, ClientState.SHARED)
+    with pytest.raises(ProtocolError, match="addressed"):
+        client.receive(reference.down["masked_input"][2])  # client 2's delivery
+    client = client_in(reference, ClientState.ADVERTISED)
+    with pytest.raises(ProtocolError):
+        client.receive(b"SAgg\x01\x03")
+
+
+def test_server_rejects_share_bundles_to_non_neighbours() -> None:
+    cfg = make_config(n=12, k=4, t=3, expected_survivors=3)
+    run = drive(cfg, until="share_keys")
+    msg = run.up["share_keys"][1]
+    assert isinstance(msg, ShareKeys)
+    server = ServerSession(cfg, auto_close=False)
+    for m in run.up["advertise_keys"].values():
+        server.receive(m)
+    server.close_stage()
+    wrong = dataclasses.replace(msg, shares=msg.shares[:-1])
+    with pytest.raises(ProtocolError, match="neighbours"):
+        server.receive(wrong)
+
+
+# ----------------------------------------------------------------------------- tampering and lengths
+
+
+def test_tampered_ciphertext_is_rejected(reference: Run) -> None:
+    delivery = reference.down["masked_input"][1]
+    assert isinstance(delivery, ShareDelivery)
+    first = delivery.shares[0]
+    flipped = bytes([first.ciphertext[0]]) + bytes([first.ciphertext[1] ^ 1]) + first.ciphertext[2:]
+    forged = dataclasses.replace(delivery, shares=(EncryptedShare(first.peer, flipped), *delivery.shares[1:]))
+    client = client_in(reference, ClientState.SHARED)
+    with pytest.raises(ProtocolError, match="authentication"):
+        client.receive(forged)
+    assert client.state is ClientState.FAILED
+
+
+def test_swapped_ciphertexts_fail_authentication(reference: Run) -> None:
+    """A bundle relabelled with another sender (or redirected) fails the AEAD's associated data."""
+    delivery = reference.down["masked_input"][1]
+    assert isinstance(delivery, ShareDelivery)
+    a, b = delivery.shares[0], delivery.shares[1]
+    swapped = (EncryptedShare(a.peer, b.ciphertext), EncryptedShare(b.peer, a.ciphertext), *delivery.shares[2:])
+    client = client_in(reference, ClientState.SHARED)
+    with pytest.raises(ProtocolError):
+        client.receive(dataclasses.replace(delivery, shares=swapped))
+    other = reference.down["masked_input"][2]  # bundles addressed to client 2
+    assert isinstance(other, ShareDelivery)
+    client = client_in(reference, ClientState.SHARED)
+    moved = tuple(s for s in other.shares if s.peer != 1)[:3]
+    with pytest.raises(ProtocolError):
+        client.receive(ShareDelivery(RID, 1, moved))
+
+
+def test_ciphertext_from_another_round_is_rejected(reference: Run) -> None:
+    """Same clients, same randomness, another round id: every key and AD differs."""
+    other = drive(make_config(round_id=OTHER_RID))
+    delivery = other.down["masked_input"][1]
+    client = client_in(reference, ClientState.SHARED)
+    with pytest.raises(ProtocolError):
+        client.receive(dataclasses.replace(delivery, round_id=RID))
+
+
+def test_wrong_input_vector_leaves_client_unchanged(reference: Run) -> None:
+    client = client_in(reference, ClientState.AWAIT_INPUT)
+    cfg = reference.cfg
+    for bad, err in (
+        (np.zeros(cfg.d + 1, dtype=np.uint64), SecAggValueError),
+        (np.zeros((cfg.d, 1), dtype=np.uint64), SecAggValueError),
+        (np.full(cfg.d, 2**cfg.bits, dtype=np.uint64), SecAggValueError),
+        (np.full(cfg.d, -1, dtype=np.int64), SecAggValueError),
+        (np.zeros(cfg.d, dtype=np.float64), SecAggTypeError),
+        (np.zeros(cfg.d, dtype=bool), SecAggTypeError),
+    ):
+        with pytest.raises(err):
+            client.provide_input(bad)
+        assert client.state is ClientState.AWAIT_INPUT
+    assert isinstance(client.provide_input(reference.inputs[1]), MaskedInput)
+    assert client.provide_input is not None
+    with pytest.raises(ProtocolError):
+        client.provide_input(reference.inputs[1])  # twice
+
+
+def test_server_rejects_wrong_vector_length(reference: Run) -> None:
+    msg = reference.up["masked_input"][1]
+    assert isinstance(msg, MaskedInput)
+    for payload in (bytes(msg.payload)[:-1], bytes(msg.payload) + b"\x00"):
+        server = server_in(reference, ServerState.COLLECT_MASKED)
+        with pytest.raises(ProtocolError, match="bytes"):
+            server.receive(MaskedInput(RID, 1, payload))
+        assert server.state is ServerState.FAILED
+
+
+def test_server_rejects_unrequested_or_foreign_shares(reference: Run) -> None:
+    msg = reference.up["unmasking"][1]
+    assert isinstance(msg, UnmaskShares)
+    server = server_in(reference, ServerState.COLLECT_UNMASK)
+    with pytest.raises(ProtocolError, match="requested"):
+        server.receive(dataclasses.replace(msg, self_shares=msg.self_shares[1:]))
+    other = reference.up["unmasking"][2]
+    assert isinstance(other, UnmaskShares)
+    server = server_in(reference, ServerState.COLLECT_UNMASK)
+    # client 2's shares sent under client 1's name: wrong x-coordinates (and owners)
+    with pytest.raises(ProtocolError):
+        server.receive(dataclasses.replace(other, sender=1))
+
+
+def test_corrupted_shares_are_corrected_or_abort(reference: Run) -> None:
+    """One revealed share altered: with a spare share the server detects it, decodes
+    around it and still outputs the exact sum."""
+    server = server_in(reference, ServerState.COLLECT_UNMASK)
+    for cid, msg in reference.up["unmasking"].items():
+        assert isinstance(msg, UnmaskShares)
+        if cid == 1:
+            s = msg.self_shares[0]
+            raw = bytearray(s.share)
+            raw[-1] ^= 1
+            msg = dataclasses.replace(msg, self_shares=(dataclasses.replace(s, share=bytes(raw)), *msg.self_shares[1:]))
+        server.receive(msg)
+    server.close_stage()
+    res = server.result
+    assert res is not None
+    assert np.array_equal(res.aggregate.astype(np.uint64), reference.expected_sum(res.survivors))
+
+
+# ----------------------------------------------------------------------------- a curious or lying server
+
+
+def unmask_request(run: Run, cid: int = 1) -> UnmaskRequest:
+    req = run.down["unmasking"][cid]
+    assert isinstance(req, UnmaskRequest)
+    return req
+
+
+def test_refuses_peer_listed_as_both_dropped_and_surviving(reference: Run) -> None:
+    req = unmask_request(reference)
+    bad = dataclasses.replace(req, dropped=(req.survivors[0],))
+    client = client_in(reference, ClientState.MASKED)
+    with pytest.raises(SecurityViolation, match="both"):
+        client.receive(bad)
+    assert client.state is ClientState.FAILED
+    assert client.revealed == (frozenset(), frozenset())
+
+
+def test_refuses_non_neighbour_and_self() -> None:
+    cfg = make_config(n=12, k=4, t=3, expected_survivors=3)
+    run = drive(cfg, until="masked_input")
+    outbox = run.server.close_stage()
+    req = outbox[1]
+    assert isinstance(req, UnmaskRequest)
+    stranger = min(set(range(2, 13)) - run.clients[1].neighbours)
+    for bad in (
+        dataclasses.replace(req, dropped=tuple(sorted({*req.dropped, stranger}))),
+        dataclasses.replace(req, survivors=tuple(sorted({*req.survivors, 1}))),
+    ):
+        client = ClientSession(cfg, 1, rng=1)
+        client.start()
+        client.receive(run.down["share_keys"][1])
+        client.receive(run.down["masked_input"][1], input=run.inputs[1])
+        with pytest.raises(SecurityViolation, match="non-neighbours"):
+            client.receive(bad)
+
+
+def test_refuses_fewer_than_t_surviving_neighbours(reference: Run) -> None:
+    """A server claiming most neighbours dropped (to collect their mask keys) is refused."""
+    req = unmask_request(reference)
+    t = reference.cfg.t
+    lie = dataclasses.replace(
+        req, survivors=req.survivors[: t - 1], dropped=tuple(sorted({*req.dropped, *req.survivors[t - 1 :]}))
+    )
+    client = client_in(reference, ClientState.MASKED)
+    with pytest.raises(SecurityViolation, match="fewer than t"):
+        client.receive(lie)
+    assert client.revealed == (frozenset(), frozenset())
+
+
+def test_never_reveals_both_shares_of_a_peer(reference: Run) -> None:
+    """After revealing peer v's self-mask share, a second request calling v dropped is refused."""
+    client = client_in(reference, ClientState.MASKED)
+    req = unmask_request(reference)
+    reply = client.receive(req)
+    assert isinstance(reply, UnmaskShares)
+    alive, dead = client.revealed
+    assert alive == set(req.survivors) and not alive & dead
+    v = req.survivors[0]
+    second = UnmaskRequest(RID, 1, tuple(x for x in req.survivors if x != v), (v,))
+    with pytest.raises(ProtocolError):
+        client.receive(second)
+    assert client.revealed == (alive, dead)  # nothing more revealed
+
+
+def test_refuses_peers_that_never_shared_keys() -> None:
+    cfg = make_config()
+    run = drive(cfg, {"share_keys": {4}}, until="masked_input")
+    outbox = run.server.close_stage()
+    req = outbox[1]
+    assert isinstance(req, UnmaskRequest) and 4 not in req.dropped + req.survivors
+    client = run.clients[1]
+    with pytest.raises(SecurityViolation, match="never shared"):
+        client.receive(dataclasses.replace(req, dropped=(4,)))
+
+
+def test_refuses_bad_rosters(reference: Run) -> None:
+    roster = reference.down["share_keys"][1]
+    assert isinstance(roster, Roster)
+    e = roster.clients
+    forged = [
+        Roster(RID, tuple(x for x in e if x.client_id != 1)),  # without me
+        Roster(RID, (RosterEntry(1, e[1].mask_key, e[0].enc_key), *e[1:])),  # my key replaced
+        Roster(RID, (*e[:-1], RosterEntry(6, e[1].mask_key, e[5].enc_key))),  # a repeated key
+        Roster(RID, e[:1]),  # below min_clients
+        Roster(RID, e[:3]),  # too few neighbours for t = 3
+    ]
+    for bad in forged:
+        client = client_in(reference, ClientState.ADVERTISED)
+        with pytest.raises(SecurityViolation):
+            client.receive(bad)
+        assert client.state is ClientState.FAILED
+
+
+def test_small_order_public_key_is_rejected(reference: Run) -> None:
+    """A neighbour advertising a small-order X25519 point (all-zero shared secret) fails
+    the session instead of deriving a key an attacker knows."""
+    roster = reference.down["share_keys"][1]
+    assert isinstance(roster, Roster)
+    e = roster.clients
+    bad = Roster(RID, (e[0], RosterEntry(2, e[1].mask_key, bytes(32)), *e[2:]))
+    client = client_in(reference, ClientState.ADVERTISED)
+    with pytest.raises(ProtocolError, match=r"small order|all-zero"):
+        client.receive(bad)
+    assert client.state is ClientState.FAILED
+
+
+def test_refuses_deliveries_from_strangers_or_too_few() -> None:
+    cfg = make_config(n=12, k=4, t=3, expected_survivors=3)
+    run = drive(cfg, until="share_keys")
+    delivery = run.server.close_stage()[1]
+    assert isinstance(delivery, ShareDelivery)
+    for bad, match in (
+        (dataclasses.replace(delivery, shares=delivery.shares[:2]), "fewer than t"),
+        (
+            dataclasses.replace(
+                delivery,
+                shares=tuple(
+                    sorted(
+                        (*delivery.shares, EncryptedShare(min(set(range(2, 13)) - run.clients[1].neighbours), b"x")),
+                        key=lambda s: s.peer,
+                    )
+                ),
+            ),
+            "non-neighbours",
+        ),
+    ):
+        client = ClientSession(cfg, 1, rng=1)
+        client.start()
+        client.receive(run.down["share_keys"][1])
+        with pytest.raises(SecurityViolation, match=match):
+            client.receive(bad)
+
+
+def test_abort_notice_wipes_client(reference: Run) -> None:
+    client = client_in(reference, ClientState.MASKED)
+    assert client.receive(Abort(RID, "server gave up")) is None
+    assert client.state is ClientState.ABORTED and client.abort_reason == "server gave up"
+    with pytest.raises(ProtocolError):
+        client.receive(unmask_request(reference))
+
+
+# ----------------------------------------------------------------------------- aborts
+
+
+def test_abort_before_any_share_request_when_survivors_too_few() -> None:
+    cfg = make_config(min_clients=4)
+    run = drive(cfg, {"masked_input": {1, 2, 3}}, until="masked_input")
+    with pytest.raises(ProtocolAbort, match="min_clients"):
+        run.server.close_stage()
+    assert run.server.state is ServerState.ABORTED
+    notices = run.server.abort_messages()
+    assert sorted(notices) == [4, 5, 6] and all(isinstance(m, Abort) for m in notices.values())
+    assert all(c.revealed == (frozenset(), frozenset()) for c in run.clients.values())
+
+
+def test_abort_when_too_few_shares_arrive() -> None:
+    run = drive(make_config(), {"unmasking": {1, 2, 3, 4}}, until="unmasking")
+    with pytest.raises(ProtocolAbort, match="fewer than t"):
+        run.server.close_stage()
+    assert run.server.result is None
+
+
+def _peel(graph: dict[int, frozenset[int]], alive: set[int], t: int) -> set[int]:
+    alive = set(alive)
+    changed = True
+    while changed:
+        changed = False
+        for u in sorted(alive):
+            if len(graph[u] & alive) < t:
+                alive.discard(u)
+                changed = True
+    return alive
+
+
+def test_excluded_client_gets_abort_notice() -> None:
+    """Clients left with fewer than t key-sharing neighbours are excluded (treated as
+    dropped before sharing keys) and told so; the others still get the exact sum."""
+    import itertools
+
+    cfg = make_config(n=24, k=12, t=7, expected_survivors=7)
+    base = drive(cfg, until="advertise_keys")
+    base.server.close_stage()
+    graph = base.server.graph
+    # find k - t + 1 silent neighbours of one victim whose exclusion does not cascade
+    scenario = next(
+        (victim, set(silent))
+        for victim in sorted(graph)
+        for silent in itertools.combinations(sorted(graph[victim]), cfg.k - cfg.t + 1)
+        if _peel(graph, set(graph) - set(silent), cfg.t) == set(graph) - set(silent) - {victim}
+    )
+    victim, silent = scenario
+    run = drive(cfg, {"share_keys": silent})
+    res = run.server.result
+    assert res is not None
+    assert res.dropped["share_keys"] == tuple(sorted(silent | {victim}))
+    assert run.clients[victim].state is ClientState.ABORTED
+    assert victim not in res.survivors
+    assert np.array_equal(res.aggregate.astype(np.uint64), run.expected_sum(res.survivors))
+
+
+# ----------------------------------------------------------------------------- configuration checks
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(t=2),  # t <= (k + c) / 2 with k = 5
+        dict(t=3, corrupt_neighbours=1),  # 3 <= (5 + 1) / 2
+        dict(t=5, expected_survivors=4),  # t above the expected survivors
+        dict(colluders=1, min_clients=2),  # cohort floor below c + 2
+    ],
+)
+def test_unsafe_parameters_are_refused(kw: dict[str, int]) -> None:
+    cfg = make_config(**kw)
+    with pytest.raises(UnsafeParametersError):
+        check_config(cfg)
+    with pytest.raises(UnsafeParametersError):
+        ClientSession(cfg, 1)
+    with pytest.raises(UnsafeParametersError):
+        ServerSession(cfg)
+
+
+def test_client_argument_errors() -> None:
+    cfg = make_config()
+    with pytest.raises(SecAggValueError):
+        ClientSession(cfg, 0)
+    with pytest.raises(SecAggValueError):
+        ClientSession(cfg, 7)
+    with pytest.raises(SecAggTypeError):
+        ClientSession("cfg", 1)  # type: ignore[arg-type]
+    c = ClientSession(cfg, 1)
+    with pytest.raises(SecAggTypeError):
+        c.receive(42)  # type: ignore[arg-type]
+    assert c.state is ClientState.READY
+    with pytest.raises(MessageError):
+        RoundConfig(b"x", 6, 8, 16, 0, 3, 0, 0, 2, 4)
+
+
+# ----------------------------------------------------------------------------- the server's view
+
+
+def test_single_masked_input_is_uniform() -> None:
+    """Chi-square test of one client's masked input, as the server receives it, for two
+    very different inputs (all zeros, all 2^b - 1).  Fixed seeds; for a random seed the
+    test would fail with probability 1e-4 each (the critical value is the 1 - 1e-4 quantile
+    of chi-square with 2^b - 1 degrees of freedom), and the two-sample test with the same."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    bits, d = 6, 1 << 14
+    cfg = make_config(bits=bits, d=d)
+    crit = scipy_stats.chi2.ppf(1 - 1e-4, 2**bits - 1)
+    counts = []
+    for fill in (0, 2**bits - 1):
+        run = drive(cfg, until="share_keys")
+        delivery = run.server.close_stage()[1]
+        client = run.clients[1]
+        y = client.receive(delivery, input=np.full(d, fill, dtype=np.uint64))
+        assert isinstance(y, MaskedInput)
+        vec = unpack(bytes(y.payload), bits, d)  # exactly what the server adds to its running sum
+        hist = np.bincount(vec.astype(np.int64), minlength=2**bits)
+        expected = d / 2**bits
+        chi2 = float(((hist - expected) ** 2 / expected).sum())
+        assert chi2 < crit, chi2
+        counts.append(hist)
+    table = np.array(counts)
+    stat, _p, dof, _ = scipy_stats.chi2_contingency(table)
+    assert stat < scipy_stats.chi2.ppf(1 - 1e-4, dof)
