@@ -1,4 +1,4 @@
-"""Execute every ```python block of the user guide, page by page, in order.
+"""Execute every ```python block of the user guide and the README, page by page, in order.
 
 Blocks in one page share a namespace (like a notebook).  A page opts out of a block by
 using ```text instead.
@@ -14,7 +14,7 @@ import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
-PAGES = sorted(p for p in DOCS.glob("*.md") if _BLOCK.search(p.read_text()))
+PAGES = sorted(p for p in [*DOCS.glob("*.md"), DOCS.parent / "README.md"] if _BLOCK.search(p.read_text()))
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
