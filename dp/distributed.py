@@ -51,7 +51,8 @@ reveal the round seed only after the updates are fixed when that matters.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -442,14 +443,55 @@ class DistributedPlan:
         return self._noise
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the plan (layout flattened to ``block_size``/``padded_dim``)."""
-        out: dict[str, Any] = {
-            k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("_") and k != "layout"
-        }
+        """JSON-ready dict of the plan; :meth:`from_dict` rebuilds an equal plan from it.
+
+        The layout is flattened to ``block_size`` (with ``dim``); ``padded_dim`` and
+        ``rounding_inflation`` are included for readers (ledger headers, logs) and checked
+        against the other fields on the way back.
+        """
+        out: dict[str, Any] = {k: getattr(self, k) for k in _PLAN_FIELDS}
         out["block_size"] = self.block_size
         out["padded_dim"] = self.padded_dim
         out["rounding_inflation"] = self.rounding_inflation
         return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DistributedPlan:
+        """Rebuild a plan from :meth:`to_dict` output (e.g. after a JSON round trip), validated.
+
+        Raises:
+            DPTypeError: ``d`` is not a mapping.
+            DPValueError: missing or unknown keys, a field of the wrong type or out of range,
+                inconsistent fields (as the constructor checks them), or ``padded_dim`` /
+                ``rounding_inflation`` that do not follow from the others.
+        """
+        if not isinstance(d, Mapping):
+            raise DPTypeError(f"a distributed-DP plan dict must be a mapping, got {type(d).__name__}")
+        want = {*_PLAN_FIELDS, *_PLAN_DERIVED}
+        missing, unknown = sorted(want - set(d)), sorted(set(d) - want)
+        if missing or unknown:
+            raise DPValueError(
+                f"not a DistributedPlan.to_dict() document: missing keys {missing}, unknown keys {unknown}"
+            )
+        try:
+            layout = BlockLayout(_check_int("dim", d["dim"], 1), _check_int("block_size", d["block_size"], 1))
+            plan = cls(layout=layout, **{k: d[k] for k in _PLAN_FIELDS})
+        except DPTypeError as exc:
+            raise DPValueError(f"invalid distributed-DP plan: {exc}") from exc
+        padded, inflation = d["padded_dim"], d["rounding_inflation"]
+        if (
+            isinstance(padded, bool)
+            or not isinstance(padded, int)
+            or padded != plan.padded_dim
+            or isinstance(inflation, bool)
+            or not isinstance(inflation, (int, float))
+            or not math.isclose(inflation, plan.rounding_inflation, rel_tol=1e-9, abs_tol=1e-15)
+        ):
+            raise DPValueError(
+                f"padded_dim ({d['padded_dim']!r}) or rounding_inflation ({d['rounding_inflation']!r}) does not "
+                f"follow from the plan's fields ({plan.padded_dim}, {plan.rounding_inflation}); the document was edited"
+            )
+        return plan
 
     # -- client ---------------------------------------------------------------------------
 
@@ -563,6 +605,15 @@ class DistributedPlan:
             colluders=self.colluders,
             scale=self.scale,
         )
+
+
+#: The constructor arguments of :class:`DistributedPlan` stored by :meth:`DistributedPlan.to_dict`
+#: (besides ``block_size``, which with ``dim`` gives the layout).
+_PLAN_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(DistributedPlan) if f.init and f.name != "layout"
+)
+#: Derived figures :meth:`DistributedPlan.to_dict` adds (``block_size`` is stored, the rest checked).
+_PLAN_DERIVED: tuple[str, ...] = ("block_size", "padded_dim", "rounding_inflation")
 
 
 # --------------------------------------------------------------------------- the planner

@@ -313,14 +313,38 @@ class PrivacyTracker:
                 (nothing recorded).
             AccountingError: the accountant cannot account for the mechanism (nothing recorded).
         """
+        return self.record_events(self._checked_events(round))
+
+    def preview_round(self, round: RoundPrivacy) -> RoundEpsilon:
+        """The figures :meth:`record_round` would report, without recording anything.
+
+        The round is validated as :meth:`record_round` would (population included), but the
+        budget is not applied: pass the result to :meth:`exceeds_budget` to ask before a round.
+        """
+        return self._compute(self._checked_events(round))[0]
+
+    def exceeds_budget(self, figures: RoundEpsilon) -> bool:
+        """Whether ``figures`` take a budgeted figure past the budget.
+
+        Which figures count is :attr:`budget_against` (``"both"``, ``"server"`` or
+        ``"release"``); always False without a budget.
+        """
+        if not isinstance(figures, RoundEpsilon):
+            raise DPTypeError(f"figures must be a RoundEpsilon, got {type(figures).__name__}")
+        if self._budget is None:
+            return False
+        checked = {
+            "both": (figures.release_epsilon, figures.server_epsilon),
+            "server": (figures.server_epsilon,),
+            "release": (figures.release_epsilon,),
+        }
+        return max(checked[self._budget_against]) > self._budget
+
+    def _checked_events(self, round: RoundPrivacy) -> RoundEvents:
         events = self.events_for(round)
         if self._population is not None and round.n_present > self._population:
             raise DPValueError(f"n_present ({round.n_present}) exceeds the population ({self._population})")
-        return self.record_events(events)
-
-    def preview_round(self, round: RoundPrivacy) -> RoundEpsilon:
-        """The figures :meth:`record_round` would report, without recording anything or checking the budget."""
-        return self._compute(self.events_for(round))[0]
+        return events
 
     def _compute(self, events: RoundEvents) -> tuple[RoundEpsilon, Accountant, Accountant]:
         if not isinstance(events, tuple) or len(events) != 2:
@@ -336,14 +360,11 @@ class PrivacyTracker:
     def record_events(self, events: RoundEvents) -> RoundEpsilon:
         """Record a round given its two events (e.g. replayed from a ledger); both or neither."""
         result, release, server = self._compute(events)
-        e_release, e_server = result.release_epsilon, result.server_epsilon
-        if self._budget is not None:
-            checked = {"both": (e_release, e_server), "server": (e_server,), "release": (e_release,)}
-            if max(checked[self._budget_against]) > self._budget:
-                raise BudgetExceededError(
-                    f"round {self.rounds + 1} would spend epsilon {e_release:.4g} against the release and "
-                    f"{e_server:.4g} against the server, over the budget {self._budget:g} "
-                    f"({self._budget_against}); nothing was recorded")
+        if self.exceeds_budget(result):
+            raise BudgetExceededError(
+                f"round {result.round} would spend epsilon {result.release_epsilon:.4g} against the release and "
+                f"{result.server_epsilon:.4g} against the server, over the budget {self._budget:g} "
+                f"({self._budget_against}); nothing was recorded")
         pair = RoundEvents(events[0], events[1])
         self._release, self._server = release, server
         self._history, self._events = (*self._history, result), (*self._events, pair)

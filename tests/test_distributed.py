@@ -7,6 +7,7 @@ correct implementation fails it), all at most 1e-4.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -405,3 +406,52 @@ def test_noise_report_arithmetic() -> None:
     with pytest.raises(DPTypeError):
         p.noise_report(6.0)  # type: ignore[arg-type]
     assert p.to_dict()["padded_dim"] == p.padded_dim
+
+
+# ----------------------------------------------------------------- plan serialisation
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    mechanism=st.sampled_from(["discrete_gaussian", "skellam"]),
+    dim=st.integers(1, 3000),
+    clients=st.integers(3, 40),
+    z=st.floats(0.3, 4.0),
+    bits=st.none() | st.integers(16, 40),
+)
+def test_plan_dict_round_trip_is_exact(mechanism: str, dim: int, clients: int, z: float, bits: int | None) -> None:
+    try:
+        p = small_plan(mechanism=mechanism, dim=dim, clients_expected=clients, min_clients=3, noise_multiplier=z,
+                       bits=bits)
+    except DPValueError:  # no width holds this sum: nothing to serialise
+        return
+    again = DistributedPlan.from_dict(json.loads(json.dumps(p.to_dict(), allow_nan=False)))
+    assert again == p and again.to_dict() == p.to_dict()
+    assert again.layout == p.layout and again.noise == p.noise
+
+
+def test_plan_from_dict_refuses_bad_documents() -> None:
+    p = small_plan(mechanism="skellam")
+    good = p.to_dict()
+    assert DistributedPlan.from_dict(good) == p
+    with pytest.raises(DPTypeError):
+        DistributedPlan.from_dict([("dim", 200)])  # type: ignore[arg-type]
+    edits: list[dict[str, object]] = [
+        {"noise_multiplier": None},  # wrong type
+        {"bits": "16"},
+        {"max_rounding_attempts": True},
+        {"mechanism": "laplace"},
+        {"block_size": 3},  # not a power of two
+        {"sigma_client": p.sigma_client / 2},  # too little noise for the noise multiplier
+        {"mu_client": p.sigma_client},  # mu != sigma^2 / 2
+        {"padded_dim": p.padded_dim + 1},  # derived figures must follow from the rest
+        {"padded_dim": float(p.padded_dim)},
+        {"rounding_inflation": p.rounding_inflation * 2},
+        {"extra": 1},  # unknown key
+    ]
+    for edit in edits:
+        with pytest.raises(DPValueError):
+            DistributedPlan.from_dict({**good, **edit})
+    for key in ("scale", "block_size", "padded_dim"):
+        with pytest.raises(DPValueError, match="missing"):
+            DistributedPlan.from_dict({k: v for k, v in good.items() if k != key})

@@ -5,6 +5,7 @@ never holds an individual update."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -336,6 +337,7 @@ def test_dp_round_equals_plaintext_clipped_mean_within_noise_bounds() -> None:
     rep = run_round(g, clients, _train, server=server, apply=False, rng=21)
     upd = rep.update
     plan = rep.config.plan
+    assert plan is not None
     m = len(upd.survivors)
     sigma = upd.noise.sigma_present_model / m
     err2 = float(np.sum((upd.mean - want) ** 2))
@@ -362,7 +364,7 @@ def test_dp_round_feeds_tracker_and_ledger_and_next_config_carries_head(tmp_path
         rep = run_round(g, list(range(1, 7)), _train, server=server, dropouts={"masked_input": [2]} if r else None)
         heads.append((rep.config.ledger_head, rep.update.ledger_head))
         eps = rep.update.privacy
-        assert eps.round == r + 1 and eps.server_epsilon >= eps.release_epsilon > 0
+        assert eps is not None and eps.round == r + 1 and eps.server_epsilon >= eps.release_epsilon > 0
     # the head a round's config carried is the ledger before that round; the next round's config has the new head
     assert heads[0][0] == start
     assert heads[1][0] == heads[0][1] and heads[1][1] == str(ledger.head)
@@ -435,3 +437,98 @@ def test_opacus_trained_clients_in_a_dp_round(tmp_path: Any) -> None:
     assert all(d["kind"] == "self-reported" and d["verified"] is False for d in records[0]["self_reported_detail"])
     # the server's own figure is computed from the distributed noise, not from the claims
     assert records[0]["epsilon"]["server"] == pytest.approx(tracker.current().server_epsilon)
+
+
+# ----------------------------------------------------------------------------- config on the wire
+
+
+def _drive(server: SecureServer, config_json: str, g: nn.Module) -> None:
+    """A sans-I/O round whose clients only ever see the configuration's JSON and messages' bytes."""
+    from secagg.torch.adapter import TorchRoundConfig
+
+    layout = UpdateLayout.from_module(g)
+    base = {k: v.detach().clone() for k, v in g.state_dict().items()}
+    clients = {i: SecureClient(TorchRoundConfig.from_json(config_json), i, layout, rng=i) for i in range(1, 7)}
+    for c in clients.values():
+        server.receive(c.start().encode())
+    outbox = server.close_stage()
+    while outbox:
+        for i, msg in outbox.items():
+            reply = clients[i].receive(msg.encode())
+            if reply is None and clients[i].awaiting_update:
+                local = copy.deepcopy(g)
+                reply = clients[i].submit(local, base=base, num_examples=_train(i, local))
+            if reply is not None:
+                server.receive(reply.encode())
+        outbox = server.close_stage()
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_round_config_travels_as_json(dp: bool) -> None:
+    from secagg.torch.adapter import TorchRoundConfig
+
+    g = _model()
+    want = _plain_fedavg(g, list(range(1, 7)))
+    if dp:
+        server = _tiny_dp_server(g, 1.0, rng=3)
+    else:
+        server = SecureServer(UpdateLayout.from_module(g), FedAvgAggregation(max_weight=64), neighbors="all",
+                              dropout_fraction=0.3, rng=3)
+    cfg = server.new_round(6)
+    text = cfg.to_json()
+    again = TorchRoundConfig.from_json(text.encode())
+    assert again == cfg and again.to_json() == text and again.to_dict() == cfg.to_dict()
+    assert (again.plan is not None) == dp and (again.encoder is not None) == (not dp)
+    _drive(server, text, g)
+    update = server.finish()
+    assert update.survivors == (1, 2, 3, 4, 5, 6)
+    if not dp:  # the same aggregate as with the in-memory configuration
+        server.apply(g, update)
+        assert cfg.encoder is not None
+        assert _max_err(g, want) <= 1.0 / cfg.encoder.scale + 1e-6
+
+
+def test_tampered_round_config_is_refused() -> None:
+    from secagg.errors import MessageError
+    from secagg.torch.adapter import TorchRoundConfig
+
+    g = _model()
+    doc = _tiny_dp_server(g, 2.0, rng=4).new_round(6).to_dict()
+    plan = doc["plan"]
+    edits: list[dict[str, Any]] = [
+        {"plan": {**plan, "noise_multiplier": 0.5}},  # less noise than the aggregation rule says
+        {"aggregation": {**doc["aggregation"], "noise_multiplier": 0.5}},
+        {"k": doc["k"] - 1},  # readable fields must agree with the protocol's bytes
+        {"rotation_seed": "00" * 32},
+        {"protocol_config": doc["protocol_config"][:-2]},
+        {"format": 99},
+        {"mode": "fedavg"},
+        {"round": -1},
+    ]
+    for edit in edits:
+        with pytest.raises(MessageError):
+            TorchRoundConfig.from_json(json.dumps({**doc, **edit}))
+    with pytest.raises(MessageError):
+        TorchRoundConfig.from_json("{not json")
+    with pytest.raises(MessageError):
+        TorchRoundConfig.from_dict({k: v for k, v in doc.items() if k != "plan"})
+
+
+def test_finish_with_clashing_extra_records_nothing_and_can_be_retried(tmp_path: Any) -> None:
+    from dp.ledger import Ledger, read_ledger
+    from dp.tracker import PrivacyTracker
+
+    g = _model()
+    tracker = PrivacyTracker(delta=1e-5)
+    server = _tiny_dp_server(g, 1.0, tracker=tracker, rng=5)
+    server.attach_ledger(Ledger.create(tmp_path / "l.jsonl", server.ledger_header(6)))
+    _drive(server, server.new_round(6).to_json(), g)
+    head = server.ledger_head
+    with pytest.raises(SecAggValueError, match="survivors"):
+        server.finish(extra={"survivors": 0})
+    assert tracker.rounds == 0 and server.ledger_head == head and server.round_index == 0
+    update = server.finish(extra={"note": "retried"})
+    assert update.privacy is not None and tracker.rounds == 1 and server.round_index == 1
+    _h, records = read_ledger(tmp_path / "l.jsonl")
+    assert len(records) == 1 and records[0]["note"] == "retried"
+    assert update.ledger_head == server.ledger_head != head

@@ -131,6 +131,33 @@ def test_budget_refusal_leaves_state_unchanged() -> None:
         release_only.record_round(ROUND)
 
 
+def test_exceeds_budget_follows_budget_against_and_matches_refusal() -> None:
+    fig = PrivacyTracker(delta=1e-6).preview_round(ROUND)
+    assert fig.release_epsilon < fig.server_epsilon
+    between = (fig.release_epsilon + fig.server_epsilon) / 2
+    want = {"both": True, "server": True, "release": False}
+    for against, over in want.items():
+        t = PrivacyTracker(delta=1e-6, budget_epsilon=between, budget_against=against)  # type: ignore[arg-type]
+        assert t.preview_round(ROUND) == fig and t.rounds == 0
+        assert t.exceeds_budget(fig) is over
+        if over:  # record_round refuses exactly when the preview says so
+            with pytest.raises(BudgetExceededError):
+                t.record_round(ROUND)
+        else:
+            assert t.record_round(ROUND) == fig
+    assert PrivacyTracker(delta=1e-6).exceeds_budget(fig) is False  # no budget
+    with pytest.raises(DPTypeError):
+        PrivacyTracker(delta=1e-6).exceeds_budget(fig.as_dict())  # type: ignore[arg-type]
+
+
+def test_preview_validates_like_record() -> None:
+    small = PrivacyTracker(delta=1e-6, population=50)  # ROUND has 90 survivors
+    with pytest.raises(DPValueError, match="population"):
+        small.preview_round(ROUND)
+    with pytest.raises(DPTypeError):
+        small.preview_round(ROUND.events())  # type: ignore[arg-type]
+
+
 def test_both_or_neither() -> None:
     """If the server event cannot be accounted for, the release event is not recorded either."""
     tracker = PrivacyTracker(delta=1e-6)

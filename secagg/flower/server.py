@@ -39,8 +39,8 @@ from flwr.app import Message as FlowerMessage
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from secagg import graph as _graph
-from secagg.encoding import FixedPointEncoder, check_headroom
+from dp.distributed import DistributedPlan, Mechanism, plan_distributed
+from secagg.encoding import FixedPointEncoder
 from secagg.errors import MessageError, ProtocolAbort, ProtocolError, SecAggError, SecAggTypeError, SecAggValueError
 from secagg.flower._codec import (
     ARRAYS_KEY,
@@ -67,6 +67,16 @@ from secagg.messages import (
     decode_message,
 )
 from secagg.rand import RngLike, as_random_source
+from secagg.rounds import (
+    PlainRound,
+    RoundAccount,
+    account_round,
+    check_budget,
+    cohort_floor,
+    fedavg_encoder,
+    ledger_header,
+    protocol_summary,
+)
 from secagg.server import ServerSession
 from secagg.simulate import STAGES, make_config
 
@@ -463,13 +473,23 @@ class SecAggServer:
 
     # -- round set-up -----------------------------------------------------------------------
 
-    def _dp_floor(self, n: int) -> tuple[int, int]:
+    def _dp_plan(self, n: int, size: int) -> DistributedPlan:
+        """The distributed-DP plan for ``n`` clients and ``size`` values, calibrated at the cohort floor."""
         cfg = self._cfg
-        c = _graph.ThreatModel(n, cfg.dropout_fraction, cfg.corrupt_fraction).colluders
-        m = cfg.min_clients
-        if m is None:
-            m = max(c + 2, math.floor(n * (1.0 - 2.0 * cfg.dropout_fraction)))
-        return min(max(m, c + 2), n), c
+        floor, c = cohort_floor(
+            n, dropout_fraction=cfg.dropout_fraction, corrupt_fraction=cfg.corrupt_fraction, min_clients=cfg.min_clients
+        )
+        return plan_distributed(
+            clients_expected=n,
+            min_clients=floor,
+            colluders=c,
+            dim=size,
+            clip_norm=cfg.clip_norm,
+            noise_multiplier=cfg.noise_multiplier,
+            mechanism=cast(Mechanism, cfg.mechanism),
+            bits=cfg.dp_bits,
+            modular_clip_prob=cfg.modular_clip_prob,
+        )
 
     def plan_round(self, n: int, arrays: Any) -> tuple[RoundSpec, RoundConfig]:
         """The public spec and protocol config of the next round for ``n`` clients (no
@@ -486,33 +506,17 @@ class SecAggServer:
         layout = full if cfg.mode == "integer" else tuple(s for s in full if s.is_float)
         rid = self._rng.bytes(16)
         encoder: FixedPointEncoder | None = None
-        plan: Any = None
+        plan: DistributedPlan | None = None
         floor = cfg.min_clients
         size = sum(s.size for s in layout)
         if cfg.mode == "integer":
             bits = cfg.bits
         elif cfg.mode == "fedavg":
             bits = cfg.bits
-            weights = [cfg.max_weight] * n
-            encoder = FixedPointEncoder.fit(n, bits, cfg.bound, weights=weights)
-            encoder.headroom(n, weights=weights)
-            check_headroom(n, bits, 1, weights=weights)  # the weight coordinate
+            encoder = fedavg_encoder(n, bits, cfg.bound, cfg.max_weight)
         else:
-            from dp.distributed import Mechanism, plan_distributed
-
-            floor, c = self._dp_floor(n)
-            plan = plan_distributed(
-                clients_expected=n,
-                min_clients=floor,
-                colluders=c,
-                dim=size,
-                clip_norm=cfg.clip_norm,
-                noise_multiplier=cfg.noise_multiplier,
-                mechanism=cast(Mechanism, cfg.mechanism),
-                bits=cfg.dp_bits,
-                modular_clip_prob=cfg.modular_clip_prob,
-            )
-            bits = int(plan.bits)
+            plan = self._dp_plan(n, size)
+            floor, bits = plan.min_clients, plan.bits
         spec = RoundSpec(
             mode=cfg.mode,
             round_index=self._round,
@@ -535,8 +539,11 @@ class SecAggServer:
             corrupt_fraction=cfg.corrupt_fraction,
             round_id=rid,
         )
-        if plan is not None:
-            self._check_budget(plan.noise_report(floor))
+        if plan is not None:  # refuse now if even the worst accepted outcome (the floor) could not be recorded
+            check_budget(
+                self._tracker, plan.noise_report(plan.min_clients), round_index=self._round,
+                sampling_rate=cfg.sampling_rate,
+            )
         return spec, protocol
 
     # -- the round --------------------------------------------------------------------------
@@ -683,7 +690,6 @@ class SecAggServer:
         t1 = time.perf_counter()
         m = len(res.survivors)
         vec, weight = spec.decode(res.aggregate, m)
-        noise = spec.plan.noise_report(m) if spec.mode == "dp" else None
         if spec.mode == "integer":
             summed = spec.unflatten(vec, dtype="uint64")
             new_arrays = ArrayRecord({k: _np_array(v) for k, v in summed.items()})
@@ -696,7 +702,7 @@ class SecAggServer:
         survivors = tuple(node_of[c] for c in res.survivors)
         dropped_nodes = {k: tuple(node_of[c] for c in v) for k, v in res.dropped.items()}
         recovered = tuple(node_of[c] for c in res.recovered_keys)
-        privacy = self._account(spec, protocol, nodes, survivors, dropped_nodes, noise, weight)
+        acct = self._account(spec, protocol, survivors, dropped_nodes, weight)
         server_s += time.perf_counter() - t1
         timings["server"] = server_s
         timings["total"] = time.perf_counter() - t_start
@@ -711,18 +717,10 @@ class SecAggServer:
             dropped=dropped_nodes,
             recovered=recovered,
             total_weight=weight,
-            noise=noise,
-            privacy=privacy,
+            noise=acct.noise,
+            privacy=acct.privacy,
             ledger_head=self.ledger_head,
-            protocol={
-                "n": protocol.n,
-                "d": protocol.d,
-                "bits": protocol.bits,
-                "k": protocol.degree,
-                "t": protocol.t,
-                "colluders": protocol.colluders,
-                "min_clients": protocol.min_clients,
-            },
+            protocol=protocol_summary(protocol),
             bytes_up=up,
             bytes_down=down,
             timings=timings,
@@ -804,164 +802,66 @@ class SecAggServer:
 
     # -- accounting and ledger ----------------------------------------------------------------
 
-    @staticmethod
-    def _round_privacy(noise: Any, sampling_rate: float | None) -> Any:
-        from dp.tracker import RoundPrivacy
-
-        return RoundPrivacy(
-            sampling_rate=1.0 if sampling_rate is None else sampling_rate,
-            l2_sensitivity=noise.l2_sensitivity,
-            sigma_present=noise.sigma_present,
-            sigma_guaranteed=noise.sigma_guaranteed,
-            dim=noise.dim,
-            n_present=noise.shares_present,
-            n_guaranteed=noise.shares_guaranteed,
-            mechanism="skellam" if noise.mechanism == "skellam" else "distributed_discrete_gaussian",
-        )
-
-    def _check_budget(self, worst: Any) -> None:
-        t = self._tracker
-        if t is None or t.budget_epsilon is None:
-            return
-        from dp.errors import BudgetExceededError
-
-        events = self._round_privacy(worst, self._cfg.sampling_rate).events()
-        release, server = t.release_accountant(), t.server_accountant()
-        release.compose(events.release)
-        server.compose(events.server)
-        figures = {"release": release.get_epsilon(t.delta), "server": server.get_epsilon(t.delta)}
-        against = getattr(t, "_budget_against", "both")
-        checked = list(figures.values()) if against == "both" else [figures[against]]
-        if max(checked) > t.budget_epsilon:
-            raise BudgetExceededError(
-                f"round {self._round} could spend epsilon {figures['release']:.4g} (release) / "
-                f"{figures['server']:.4g} (server) if only the cohort floor survives, over the budget "
-                f"{t.budget_epsilon:g}; stop training or raise the noise"
-            )
-
-    def _account(  # noqa: PLR0917 - internal helper
+    def _account(
         self,
         spec: RoundSpec,
         protocol: RoundConfig,
-        nodes: Sequence[int],
         survivors: Sequence[int],
         dropped: Mapping[str, Sequence[int]],
-        noise: Any,
         weight: int,
-    ) -> Any:
-        """Feed the tracker (dp), then append the ledger record; return the tracker's figures."""
-        privacy: Any = None
-        events: Any = None
+    ) -> RoundAccount:
+        """Feed the tracker (dp), then append the ledger record (:func:`secagg.rounds.account_round`)."""
         cfg = self._cfg
-        if spec.mode == "dp" and self._tracker is not None:
-            rp = self._round_privacy(noise, cfg.sampling_rate)
-            events = rp.events()
-            privacy = self._tracker.record_round(rp)
-        if self._ledger is None:
-            return privacy
-        n, m = len(nodes), len(survivors)
-        record: dict[str, Any] = {
-            "round": spec.round_index,
-            "round_id": protocol.round_id.hex(),
-            "sampled": n,
-            "survivors": m,
-            "dropouts": n - m,
-            "dropped_per_stage": {k: len(v) for k, v in dropped.items()},
-            "dropped_nodes": {k: [int(x) for x in v] for k, v in dropped.items()},
-            "survivor_nodes": [int(x) for x in survivors],
-            "transport": "flower",
-            "layout": spec.fingerprint,
-            "ledger_head_sent": spec.ledger_head,
-            "protocol": {
-                "d": protocol.d,
-                "bits": protocol.bits,
-                "k": protocol.degree,
-                "t": protocol.t,
-                "colluders": protocol.colluders,
-                "min_clients": protocol.min_clients,
+        plain = None
+        if spec.mode == "fedavg":
+            plain = PlainRound("fedavg", cfg.bound, weight, spec.max_weight)
+        elif spec.mode == "integer":
+            plain = PlainRound("integer", float(2**spec.bits - 1), weight)
+        return account_round(
+            self._tracker,
+            self._ledger,
+            round_index=spec.round_index,
+            protocol=protocol,
+            survivors=len(survivors),
+            dropped=dropped,
+            layout=spec.fingerprint,
+            ledger_head_sent=spec.ledger_head,
+            plan=spec.plan,
+            sampling_rate=cfg.sampling_rate,
+            plain=plain,
+            extra={
+                "dropped_nodes": {k: [int(x) for x in v] for k, v in dropped.items()},
+                "survivor_nodes": [int(x) for x in survivors],
+                "transport": "flower",
             },
-        }
-        if spec.mode == "dp":
-            plan = spec.plan
-            mech: dict[str, Any] = {
-                "name": "skellam" if plan.mechanism == "skellam" else "distributed_discrete_gaussian",
-                "sigma_client": plan.sigma_client,
-                "l2_sensitivity": plan.l2_sensitivity,
-                "scale": plan.scale,
-                "bits": plan.bits,
-                "dim": plan.padded_dim,
-                "noise_multiplier": plan.noise_multiplier,
-            }
-            if plan.mu_client is not None:
-                mech["mu_client"] = plan.mu_client
-            eps: dict[str, Any] = {"release": None, "server": None}
-            evs: dict[str, Any] = {"release": None, "server": None}
-            if privacy is not None:
-                eps = {"release": _finite(privacy.release_epsilon), "server": _finite(privacy.server_epsilon)}
-                evs = {"release": events.release.to_dict(), "server": events.server.to_dict()}
-            record.update(
-                clip_norm=cfg.clip_norm,
-                mechanism=mech,
-                noise_present=noise.sigma_present,
-                noise_guaranteed=noise.sigma_guaranteed,
-                noise_units="lattice (integer) units per coordinate; divide by mechanism.scale for model units",
-                epsilon=eps,
-                events=evs,
-            )
-        else:
-            mech2: dict[str, Any] = {"name": "none", "mode": spec.mode}
-            if spec.mode == "fedavg":
-                mech2.update(weighting="example counts capped at max_weight", max_weight=spec.max_weight)
-            record.update(
-                clip_norm=cfg.bound if spec.mode == "fedavg" else float(2**spec.bits - 1),
-                mechanism=mech2,
-                noise_present=0.0,
-                noise_guaranteed=0.0,
-                epsilon={"release": None, "server": None},
-                events={"release": None, "server": None},
-                total_weight=weight,
-            )
-        self._ledger.append(record)
-        return privacy
+        )
 
     def ledger_header(
         self, n: int, arrays: Any, *, delta: float | None = None, population: int | None = None
     ) -> dict[str, Any]:
         """A ledger header for rounds of ``n`` clients over ``arrays`` (pass it to
-        :meth:`dp.ledger.Ledger.create`); ``delta`` defaults to the tracker's."""
+        :meth:`dp.ledger.Ledger.create`; see :func:`secagg.rounds.ledger_header`); ``delta``
+        defaults to the tracker's."""
         cfg = self._cfg
-        if delta is None:
-            if self._tracker is None:
-                raise SecAggValueError("pass delta= (there is no tracker to take it from)")
-            delta = float(self._tracker.delta)
         layout = [s for s in layout_of(_arrays_of(arrays)) if cfg.mode == "integer" or s.is_float]
-        header: dict[str, Any] = {
-            "accountant": self._tracker.accountant if self._tracker is not None else "none",
-            "delta": delta,
-            "planned_clients": n,
-            "transport": "flower",
-            "threat_model": {"dropout_fraction": cfg.dropout_fraction, "corrupt_fraction": cfg.corrupt_fraction},
-            "layout": {"size": sum(s.size for s in layout), "arrays": len(layout)},
-        }
-        if population is not None:
-            header["population"] = population
-        if self._tracker is not None and self._tracker.budget_epsilon is not None:
-            header["budget"] = float(self._tracker.budget_epsilon)
-        if cfg.mode == "dp":
-            m, c = self._dp_floor(n)
-            header["cohort_floor"] = m
-            header["threat_model"]["colluders"] = c
-            header["dp"] = {
-                "clip_norm": cfg.clip_norm,
-                "noise_multiplier": cfg.noise_multiplier,
-                "mechanism": cfg.mechanism,
-            }
-        else:
-            header["dp"] = None
-            header["aggregation"] = {"mode": cfg.mode, "bits": cfg.bits}
+        size = sum(s.size for s in layout)
+        aggregation: dict[str, Any] | None = None
+        if cfg.mode != "dp":
+            aggregation = {"mode": cfg.mode, "bits": cfg.bits}
             if cfg.mode == "fedavg":
-                header["aggregation"].update(bound=cfg.bound, max_weight=cfg.max_weight, total_weight_revealed=True)
-        return header
+                aggregation.update(bound=cfg.bound, max_weight=cfg.max_weight, total_weight_revealed=True)
+        return ledger_header(
+            self._tracker,
+            planned_clients=n,
+            dropout_fraction=cfg.dropout_fraction,
+            corrupt_fraction=cfg.corrupt_fraction,
+            layout={"size": size, "arrays": len(layout)},
+            plan=self._dp_plan(n, size) if aggregation is None else None,
+            aggregation=aggregation,
+            delta=delta,
+            population=population,
+            extra={"transport": "flower"},
+        )
 
 
 def _np_array(v: npt.NDArray[Any]) -> Any:

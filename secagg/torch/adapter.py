@@ -32,7 +32,9 @@ Updates are deltas against the global model the round started from (model units)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,12 +46,24 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from secagg import graph as _graph
+from dp.distributed import DistributedPlan, plan_distributed
+from dp.errors import DPError
 from secagg.client import ClientSession, ClientState
-from secagg.encoding import FixedPointEncoder, centered_lift, check_headroom
-from secagg.errors import SecAggError, SecAggTypeError, SecAggValueError
-from secagg.messages import Message, RoundConfig, ShareDelivery
+from secagg.encoding import FixedPointEncoder
+from secagg.errors import MessageError, SecAggError, SecAggTypeError, SecAggValueError
+from secagg.messages import Message, RoundConfig, ShareDelivery, decode_message
 from secagg.rand import RandomSource, RngLike, as_random_source
+from secagg.rounds import (
+    PlainRound,
+    account_round,
+    check_budget,
+    cohort_floor,
+    decode_weighted,
+    encode_weighted,
+    fedavg_encoder,
+    ledger_header,
+    protocol_summary,
+)
 from secagg.server import ServerSession
 from secagg.simulate import STAGES, make_config
 from secagg.torch.flatten import UpdateError, UpdateLayout
@@ -71,6 +85,8 @@ __all__ = [
 
 RingVector = npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
 _ROTATION_DOMAIN = b"secagg/torch/rotation-seed/v1"
+#: Version of :meth:`TorchRoundConfig.to_dict` documents.
+CONFIG_FORMAT = 1
 
 
 # ----------------------------------------------------------------------------- aggregation rules
@@ -166,10 +182,39 @@ class TorchRoundConfig:
     protocol: RoundConfig
     layout_fingerprint: str
     aggregation: Aggregation
-    plan: Any = None
+    plan: DistributedPlan | None = None
     encoder: FixedPointEncoder | None = None
     rotation_seed: bytes = b""
     ledger_head: str | None = None
+
+    def __post_init__(self) -> None:
+        idx = self.round_index
+        if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+            raise SecAggValueError(f"round_index must be an int >= 0, got {idx!r}")
+        if not isinstance(self.protocol, RoundConfig):
+            raise SecAggTypeError(f"protocol must be a RoundConfig, got {type(self.protocol).__name__}")
+        if not isinstance(self.layout_fingerprint, str) or not self.layout_fingerprint:
+            raise SecAggValueError("layout_fingerprint must be a non-empty str")
+        if self.ledger_head is not None and not isinstance(self.ledger_head, str):
+            raise SecAggTypeError("ledger_head must be a str 'COUNT:HASH' or None")
+        p, agg, plan = self.protocol, self.aggregation, self.plan
+        if self.rotation_seed != _rotation_seed(p.round_id):
+            raise SecAggValueError("rotation_seed must be the one derived from the protocol's round id")
+        if isinstance(agg, DPAggregation):
+            if not isinstance(plan, DistributedPlan) or self.encoder is not None:
+                raise SecAggValueError("a DP round needs a DistributedPlan and no fixed-point encoder")
+            if (plan.padded_dim, plan.bits) != (p.d, p.bits) or (
+                plan.clip_norm, plan.noise_multiplier, plan.mechanism
+            ) != (agg.clip_norm, agg.noise_multiplier, agg.mechanism):
+                raise SecAggValueError("the DP plan does not match the protocol's d and bits or the aggregation rule")
+        elif isinstance(agg, FedAvgAggregation):
+            enc = self.encoder
+            if plan is not None or not isinstance(enc, FixedPointEncoder):
+                raise SecAggValueError("a FedAvg round needs a FixedPointEncoder and no DP plan")
+            if not enc.bits == agg.bits == p.bits or enc.clip != agg.bound:
+                raise SecAggValueError("the encoder does not match the protocol's bits or the aggregation rule")
+        else:
+            raise SecAggTypeError("aggregation must be a DPAggregation or a FedAvgAggregation")
 
     @property
     def dp(self) -> bool:
@@ -177,28 +222,76 @@ class TorchRoundConfig:
         return isinstance(self.aggregation, DPAggregation)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready public summary (for logs and the ledger)."""
-        p = self.protocol
+        """JSON-ready form: the public parameters, readable, plus what :meth:`from_dict` needs
+        (the protocol configuration's canonical bytes in hex, the aggregation rule, the DP
+        plan or the encoder, the rotation seed)."""
+        agg = self.aggregation
         out: dict[str, Any] = {
+            "format": CONFIG_FORMAT,
             "round": self.round_index,
-            "round_id": p.round_id.hex(),
-            "n": p.n,
-            "d": p.d,
-            "bits": p.bits,
-            "k": p.degree,
-            "t": p.t,
-            "colluders": p.colluders,
-            "min_clients": p.min_clients,
+            "round_id": self.protocol.round_id.hex(),
+            **protocol_summary(self.protocol),
+            "protocol_config": self.protocol.encode().hex(),
             "layout": self.layout_fingerprint,
             "ledger_head": self.ledger_head,
             "mode": "dp" if self.dp else "fedavg",
+            "aggregation": dataclasses.asdict(agg),
+            "rotation_seed": self.rotation_seed.hex(),
         }
         if self.plan is not None:
             out["plan"] = self.plan.to_dict()
         if self.encoder is not None:
             out["encoder"] = {"bits": self.encoder.bits, "scale": self.encoder.scale, "clip": self.encoder.clip}
-            out["max_weight"] = self.aggregation.max_weight  # type: ignore[union-attr]
         return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TorchRoundConfig:
+        """Rebuild a configuration from :meth:`to_dict` output (e.g. received as JSON).
+
+        Raises:
+            MessageError: malformed, or any field disagrees with the others.
+        """
+        try:
+            if not isinstance(d, Mapping) or d.get("format") != CONFIG_FORMAT:
+                raise MessageError(f"not a TorchRoundConfig document of format {CONFIG_FORMAT}")
+            protocol = decode_message(bytes.fromhex(d["protocol_config"]), RoundConfig)
+            assert isinstance(protocol, RoundConfig)
+            rule = DPAggregation if d["mode"] == "dp" else FedAvgAggregation
+            enc = d.get("encoder")
+            cfg = cls(
+                round_index=d["round"],
+                protocol=protocol,
+                layout_fingerprint=d["layout"],
+                aggregation=rule(**d["aggregation"]),
+                plan=None if d.get("plan") is None else DistributedPlan.from_dict(d["plan"]),
+                encoder=None if enc is None else FixedPointEncoder(enc["bits"], enc["scale"], enc["clip"]),
+                rotation_seed=bytes.fromhex(d["rotation_seed"]),
+                ledger_head=d["ledger_head"],
+            )
+        except MessageError:
+            raise
+        except (SecAggError, DPError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise MessageError(f"malformed round configuration: {exc}") from exc
+        if cfg.to_dict() != dict(d):
+            raise MessageError("the round configuration's readable fields disagree with its parameters; refusing it")
+        return cfg
+
+    def to_json(self) -> str:
+        """Canonical JSON of :meth:`to_dict` (sorted keys, no whitespace): what to send the clients."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TorchRoundConfig:
+        """Parse :meth:`to_json` output.
+
+        Raises:
+            MessageError: not JSON, or not a valid configuration (see :meth:`from_dict`).
+        """
+        try:
+            doc = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise MessageError(f"the round configuration is not JSON: {exc}") from exc
+        return cls.from_dict(doc)
 
 
 def _rotation_seed(round_id: bytes) -> bytes:
@@ -310,7 +403,7 @@ class SecureClient:
         else:
             vec = self._layout.flatten_delta(state, base, client=cid, dtype=np.float64)
         cfg = self._config
-        if cfg.dp:
+        if cfg.plan is not None:
             out: RingVector = cfg.plan.encode(vec, cfg.rotation_seed, rng=self._rng)
             return out
         agg = cfg.aggregation
@@ -321,12 +414,7 @@ class SecureClient:
                 client=cid,
                 reason="type",
             )
-        w = min(int(num_examples), agg.max_weight)
-        body = cfg.encoder.encode(vec, self._rng, weight=w)
-        ring: RingVector = np.empty(cfg.protocol.d, dtype=body.dtype)
-        ring[:-1] = body
-        ring[-1] = w
-        return ring
+        return encode_weighted(cfg.encoder, vec, min(int(num_examples), agg.max_weight), self._rng)
 
     def submit(
         self,
@@ -443,7 +531,7 @@ class SecureServer:
         self._round = 0
         self._config: TorchRoundConfig | None = None
         self._session: ServerSession | None = None
-        self._plans: dict[int, tuple[Any, int, int]] = {}
+        self._plans: dict[int, tuple[DistributedPlan, int, int]] = {}
         self.last: AggregateUpdate | None = None
 
     # -- properties -----------------------------------------------------------------------
@@ -487,19 +575,15 @@ class SecureServer:
         self._ledger = ledger
 
     # -- round set-up ---------------------------------------------------------------------
-    def _dp_plan(self, n: int) -> tuple[Any, int, int]:
+    def _dp_plan(self, n: int) -> tuple[DistributedPlan, int, int]:
+        """(plan, cohort floor, colluders) for rounds of ``n`` clients (cached)."""
         if n in self._plans:
             return self._plans[n]
-        from dp.distributed import plan_distributed
-
         agg = self._agg
         assert isinstance(agg, DPAggregation)
-        threat = _graph.ThreatModel(n, self._dropout, self._corrupt)
-        c = threat.colluders
-        m = agg.min_clients
-        if m is None:
-            m = max(c + 2, math.floor(n * (1.0 - 2.0 * self._dropout)))
-        m = min(max(m, c + 2), n)
+        m, c = cohort_floor(
+            n, dropout_fraction=self._dropout, corrupt_fraction=self._corrupt, min_clients=agg.min_clients
+        )
         plan = plan_distributed(
             clients_expected=n,
             min_clients=m,
@@ -526,18 +610,17 @@ class SecureServer:
         if isinstance(n, bool) or not isinstance(n, int) or n < 3:
             raise SecAggValueError(f"a round needs an int n >= 3 clients, got {n!r}")
         rid = self._rng.bytes(16)
-        plan: Any = None
+        plan: DistributedPlan | None = None
         encoder: FixedPointEncoder | None = None
         if isinstance(self._agg, DPAggregation):
             plan, m, _c = self._dp_plan(n)
-            d, bits, floor = int(plan.padded_dim), int(plan.bits), m
-            self._check_budget(plan.noise_report(m))
+            d, bits, floor = plan.padded_dim, plan.bits, m
+            # refuse the round now if even its worst accepted outcome (the floor) could not be recorded
+            worst = plan.noise_report(m)
+            check_budget(self._tracker, worst, round_index=self._round, sampling_rate=self._sampling_rate)
         else:
             agg = self._agg
-            weights = [agg.max_weight] * n
-            encoder = FixedPointEncoder.fit(n, agg.bits, agg.bound, weights=weights)
-            encoder.headroom(n, weights=weights)  # raises HeadroomError before anything is encoded
-            check_headroom(n, agg.bits, 1, weights=weights)  # the weight coordinate
+            encoder = fedavg_encoder(n, agg.bits, agg.bound, agg.max_weight)  # HeadroomError before encoding
             d, bits, floor = self._layout.size + 1, agg.bits, None
         protocol, _params = make_config(
             n,
@@ -594,10 +677,13 @@ class SecureServer:
         Args:
             self_reported: clients' example-level epsilons (recorded as self-reported in
                 the ledger, never composed into the server's accounting).
-            extra: further JSON fields for the ledger record.
+            extra: further JSON fields for the ledger record (not the record's own keys).
 
         Raises:
-            SecAggValueError: the round has not completed.
+            SecAggValueError: the round has not completed, or ``extra`` would replace a
+                field of the record (nothing recorded; fix it and call again).
+            dp.errors.BudgetExceededError: the round would exceed the tracker's budget
+                (nothing recorded).
         """
         session = self._need_session()
         cfg = self._config
@@ -606,28 +692,42 @@ class SecureServer:
             raise SecAggValueError("the round has not completed; close its stages first")
         survivors = tuple(res.survivors)
         m = len(survivors)
-        noise: Any = None
-        if cfg.dp:
+        fields: dict[str, Any] = {}
+        if self_reported:
+            fields["self_reported"] = {
+                r.client: r.epsilon if math.isfinite(r.epsilon) else None for r in self_reported
+            }
+            fields["self_reported_detail"] = [r.to_dict() for r in self_reported]
+        if extra:
+            clash = sorted(set(extra) & set(fields))
+            if clash:
+                raise SecAggValueError(f"extra fields {clash} are the self-reported epsilons' own; rename them")
+            fields.update(extra)
+        if cfg.plan is not None:
             total_sum = cfg.plan.decode(res.aggregate, cfg.rotation_seed)
             mean = np.asarray(total_sum, dtype=np.float64) / m
             weight = m
-            noise = cfg.plan.noise_report(m)
         else:
             assert cfg.encoder is not None
-            weight = int(centered_lift(res.aggregate[-1:], cfg.protocol.bits)[0])
-            if weight <= 0:
-                raise SecAggValueError("the survivors' total weight is 0: no client had examples")
-            mean = cfg.encoder.decode(res.aggregate[:-1], count=weight)
+            mean, weight = decode_weighted(cfg.encoder, res.aggregate)
         tensors = self._layout.unflatten(mean)
         dropped = {k: tuple(v) for k, v in res.dropped.items()}
-        privacy = self._account(
-            cfg,
-            survivors=survivors,
+        plain = None
+        if isinstance(cfg.aggregation, FedAvgAggregation):
+            plain = PlainRound("fedavg", cfg.aggregation.bound, weight, cfg.aggregation.max_weight)
+        acct = account_round(
+            self._tracker,
+            self._ledger,
+            round_index=cfg.round_index,
+            protocol=cfg.protocol,
+            survivors=m,
             dropped=dropped,
-            noise=noise,
-            weight=weight,
-            self_reported=self_reported,
-            extra=extra,
+            layout=cfg.layout_fingerprint,
+            ledger_head_sent=cfg.ledger_head,
+            plan=cfg.plan,
+            sampling_rate=self._sampling_rate,
+            plain=plain,
+            extra=fields,
         )
         out = AggregateUpdate(
             round_index=cfg.round_index,
@@ -636,179 +736,41 @@ class SecureServer:
             survivors=survivors,
             dropped=dropped,
             total_weight=weight,
-            noise=noise,
-            privacy=privacy,
-            ledger_head=self.ledger_head,
+            noise=acct.noise,
+            privacy=acct.privacy,
+            ledger_head=acct.ledger_head,
         )
         self.last = out
         self._round += 1
         self._session = None
         return out
 
-    def _round_privacy(self, noise: Any) -> Any:
-        from dp.tracker import RoundPrivacy
-
-        return RoundPrivacy(
-            sampling_rate=1.0 if self._sampling_rate is None else self._sampling_rate,
-            l2_sensitivity=noise.l2_sensitivity,
-            sigma_present=noise.sigma_present,
-            sigma_guaranteed=noise.sigma_guaranteed,
-            dim=noise.dim,
-            n_present=noise.shares_present,
-            n_guaranteed=noise.shares_guaranteed,
-            mechanism="skellam" if noise.mechanism == "skellam" else "distributed_discrete_gaussian",
-        )
-
-    def _check_budget(self, worst: Any) -> None:
-        """Refuse a round whose worst case (survivors at the cohort floor) would exceed the
-        tracker's budget, before anything happens."""
-        t = self._tracker
-        if t is None or t.budget_epsilon is None:
-            return
-        from dp.errors import BudgetExceededError
-
-        events = self._round_privacy(worst).events()
-        release, server = t.release_accountant(), t.server_accountant()
-        release.compose(events.release)
-        server.compose(events.server)
-        figures = {"release": release.get_epsilon(t.delta), "server": server.get_epsilon(t.delta)}
-        against = getattr(t, "_budget_against", "both")
-        checked = list(figures.values()) if against == "both" else [figures[against]]
-        if max(checked) > t.budget_epsilon:
-            raise BudgetExceededError(
-                f"round {self._round} could spend epsilon {figures['release']:.4g} (release) / "
-                f"{figures['server']:.4g} (server) if only the cohort floor survives, over the budget "
-                f"{t.budget_epsilon:g}; stop training or raise the noise"
-            )
-
-    def _account(
-        self,
-        cfg: TorchRoundConfig,
-        *,
-        survivors: tuple[int, ...],
-        dropped: Mapping[str, Sequence[int]],
-        noise: Any,
-        weight: int,
-        self_reported: Sequence[SelfReportedEpsilon],
-        extra: Mapping[str, Any] | None,
-    ) -> Any:
-        """Feed the tracker (DP), then append the ledger record; return the tracker's figures."""
-        privacy: Any = None
-        events: Any = None
-        if cfg.dp and self._tracker is not None:
-            rp = self._round_privacy(noise)
-            events = rp.events()
-            privacy = self._tracker.record_round(rp)
-        if self._ledger is None:
-            return privacy
-        n, m = cfg.protocol.n, len(survivors)
-        p = cfg.protocol
-
-        def fig(x: float) -> float | None:
-            return float(x) if math.isfinite(x) else None
-
-        record: dict[str, Any] = {
-            "round": cfg.round_index,
-            "round_id": p.round_id.hex(),
-            "sampled": n,
-            "survivors": m,
-            "dropouts": n - m,
-            "dropped_per_stage": {k: len(v) for k, v in dropped.items()},
-            "layout": cfg.layout_fingerprint,
-            "ledger_head_sent": cfg.ledger_head,
-            "protocol": {
-                "d": p.d,
-                "bits": p.bits,
-                "k": p.degree,
-                "t": p.t,
-                "colluders": p.colluders,
-                "min_clients": p.min_clients,
-            },
-        }
-        if cfg.dp:
-            plan, agg = cfg.plan, cfg.aggregation
-            assert isinstance(agg, DPAggregation)
-            mech: dict[str, Any] = {
-                "name": "skellam" if plan.mechanism == "skellam" else "distributed_discrete_gaussian",
-                "sigma_client": plan.sigma_client,
-                "l2_sensitivity": plan.l2_sensitivity,
-                "scale": plan.scale,
-                "bits": plan.bits,
-                "dim": plan.padded_dim,
-                "noise_multiplier": plan.noise_multiplier,
-            }
-            if plan.mu_client is not None:
-                mech["mu_client"] = plan.mu_client
-            record.update(
-                clip_norm=agg.clip_norm,
-                mechanism=mech,
-                noise_present=noise.sigma_present,
-                noise_guaranteed=noise.sigma_guaranteed,
-                noise_units="lattice (integer) units per coordinate; divide by mechanism.scale for model units",
-                epsilon={"release": fig(privacy.release_epsilon), "server": fig(privacy.server_epsilon)},
-                events={"release": events.release.to_dict(), "server": events.server.to_dict()},
-            )
-        else:
-            agg2 = cfg.aggregation
-            assert isinstance(agg2, FedAvgAggregation)
-            record.update(
-                clip_norm=agg2.bound,
-                mechanism={
-                    "name": "none",
-                    "weighting": "example counts capped at max_weight",
-                    "max_weight": agg2.max_weight,
-                },
-                noise_present=0.0,
-                noise_guaranteed=0.0,
-                epsilon={"release": None, "server": None},
-                events={"release": None, "server": None},
-                total_weight=weight,
-            )
-        if self_reported:
-            record["self_reported"] = {r.client: r.epsilon if math.isfinite(r.epsilon) else None for r in self_reported}
-            record["self_reported_detail"] = [r.to_dict() for r in self_reported]
-        if extra:
-            record.update({k: v for k, v in extra.items() if k not in record})
-        self._ledger.append(record)
-        return privacy
-
     def ledger_header(self, n: int, *, delta: float | None = None, population: int | None = None) -> dict[str, Any]:
         """A ledger header describing this run for cohorts of ``n`` clients (pass it to
-        ``dp.ledger.Ledger.create``).  ``delta`` defaults to the tracker's."""
-        if delta is None:
-            if self._tracker is None:
-                raise SecAggValueError("pass delta= (there is no tracker to take it from)")
-            delta = float(self._tracker.delta)
-        header: dict[str, Any] = {
-            "accountant": self._tracker.accountant if self._tracker is not None else "none",
-            "delta": delta,
-            "planned_clients": n,
-            "threat_model": {"dropout_fraction": self._dropout, "corrupt_fraction": self._corrupt},
-            "layout": {
-                "fingerprint": self._layout.fingerprint(),
-                "size": self._layout.size,
-                "tensors": len(self._layout.specs),
-            },
-        }
-        if population is not None:
-            header["population"] = population
-        if self._tracker is not None and self._tracker.budget_epsilon is not None:
-            header["budget"] = float(self._tracker.budget_epsilon)
-        if isinstance(self._agg, DPAggregation):
-            plan, m, c = self._dp_plan(n)
-            header["cohort_floor"] = m
-            header["dp"] = {k: v for k, v in plan.to_dict().items()}
-            header["threat_model"]["colluders"] = c
-        else:
-            header["dp"] = None
-            header["aggregation"] = {
+        ``dp.ledger.Ledger.create``; see :func:`secagg.rounds.ledger_header`).  ``delta``
+        defaults to the tracker's."""
+        agg = self._agg
+        aggregation = None
+        if isinstance(agg, FedAvgAggregation):
+            aggregation = {
                 "mode": "fedavg",
-                "bound": self._agg.bound,
-                "max_weight": self._agg.max_weight,
-                "bits": self._agg.bits,
+                "bound": agg.bound,
+                "max_weight": agg.max_weight,
+                "bits": agg.bits,
                 "total_weight_revealed": True,
             }
-        return header
+        return ledger_header(
+            self._tracker,
+            planned_clients=n,
+            dropout_fraction=self._dropout,
+            corrupt_fraction=self._corrupt,
+            layout={"fingerprint": self._layout.fingerprint(), "size": self._layout.size,
+                    "tensors": len(self._layout.specs)},
+            plan=self._dp_plan(n)[0] if aggregation is None else None,
+            aggregation=aggregation,
+            delta=delta,
+            population=population,
+        )
 
     def apply(self, model: nn.Module, update: AggregateUpdate | None = None, *, server_lr: float = 1.0) -> None:
         """``model += server_lr * mean`` for the layout's tensors (in place; validated first)."""
@@ -1065,15 +1027,7 @@ def _train_and_submit(
     t0 = time.perf_counter()
     try:
         ring = sc.encode(model, base=base, num_examples=n_ex)
-    except SecAggError as exc:
-        rejected[client] = str(exc)
-        times["encode"] += time.perf_counter() - t0
-        return None
-    except Exception as exc:  # the DP pipeline's own errors (dp.errors.DPError)
-        from dp.errors import DPError
-
-        if not isinstance(exc, DPError):
-            raise
+    except (SecAggError, DPError) as exc:  # a bad update, or the DP pipeline refused it
         rejected[client] = str(exc)
         times["encode"] += time.perf_counter() - t0
         return None

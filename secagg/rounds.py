@@ -1,0 +1,412 @@
+"""What the drivers at the edges share: round set-up, accounting and ledger records.
+
+:mod:`secagg.torch` and :mod:`secagg.flower` run secure rounds over different transports,
+but the rest is the same: FedAvg weighting inside the secure sum (the capped example count
+rides in one extra coordinate), the cohort floor where the distributed-DP noise is
+calibrated, the worst-case budget check before a round starts, the two-adversary figures
+of :class:`dp.tracker.PrivacyTracker`, the ledger header and one :class:`dp.ledger.Ledger`
+record per round.  This module is that common part.  It imports neither torch nor flwr,
+and :mod:`secagg` does not import it (it needs :mod:`dp`).
+
+Threat model of the figures: see :mod:`dp.tracker` (``release`` with sampling
+amplification and all noise present; ``server`` without amplification and only the noise
+guaranteed against a server colluding with ``colluders`` clients).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dp.distributed import DistributedPlan, NoiseReport
+from dp.errors import BudgetExceededError
+from dp.ledger import Ledger, canonical_json
+from dp.tracker import PrivacyTracker, RoundEpsilon, RoundPrivacy
+from secagg.encoding import FixedPointEncoder, centered_lift, check_headroom
+from secagg.errors import SecAggTypeError, SecAggValueError
+from secagg.graph import ThreatModel
+from secagg.messages import RoundConfig
+from secagg.rand import RngLike
+
+__all__ = [
+    "NOISE_UNITS",
+    "PlainRound",
+    "RoundAccount",
+    "account_round",
+    "check_budget",
+    "cohort_floor",
+    "decode_weighted",
+    "encode_weighted",
+    "fedavg_encoder",
+    "ledger_header",
+    "protocol_summary",
+    "round_privacy",
+]
+
+#: Units of ``noise_present`` / ``noise_guaranteed`` in a distributed-DP ledger record.
+NOISE_UNITS = "lattice (integer) units per coordinate; divide by mechanism.scale for model units"
+
+
+def fedavg_encoder(n: int, bits: int, bound: float, max_weight: int) -> FixedPointEncoder:
+    """The fixed-point encoder of example-count-weighted FedAvg over ``n`` clients.
+
+    The largest power-of-two scale for which ``n`` updates clipped to ``bound`` (model
+    units, per coordinate), each weighted by up to ``max_weight``, and the weight
+    coordinate itself cannot wrap the ``bits``-bit ring.
+
+    Raises:
+        HeadroomError: no scale fits (before anything is encoded).
+    """
+    weights = [max_weight] * n
+    encoder = FixedPointEncoder.fit(n, bits, bound, weights=weights)
+    encoder.headroom(n, weights=weights)
+    check_headroom(n, bits, 1, weights=weights)  # the weight coordinate
+    return encoder
+
+
+def encode_weighted(
+    encoder: FixedPointEncoder, update: npt.ArrayLike, weight: int, rng: RngLike = None
+) -> npt.NDArray[np.uint32] | npt.NDArray[np.uint64]:
+    """``weight * encode(update)`` followed by ``weight`` itself: one client's FedAvg vector
+    (``size + 1`` values in Z_2^bits).  ``weight`` is the client's capped example count."""
+    body = encoder.encode(update, rng, weight=weight)
+    ring = np.empty(body.size + 1, dtype=body.dtype)
+    ring[:-1] = body
+    ring[-1] = weight
+    return ring
+
+
+def decode_weighted(encoder: FixedPointEncoder, aggregate: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], int]:
+    """The sum of :func:`encode_weighted` vectors -> (weighted mean update, total weight).
+
+    The total weight of the survivors is revealed (individual weights are not).
+
+    Raises:
+        SecAggValueError: the total weight is 0 (no surviving client had examples).
+    """
+    total = np.asarray(aggregate)
+    weight = int(centered_lift(total[-1:], encoder.bits)[0])
+    if weight <= 0:
+        raise SecAggValueError("the survivors' total weight is 0: no surviving client had examples")
+    return encoder.decode(total[:-1], count=weight), weight
+
+
+def cohort_floor(
+    n: int, *, dropout_fraction: float, corrupt_fraction: float, min_clients: int | None = None
+) -> tuple[int, int]:
+    """``(floor, colluders)`` of a distributed-DP round of ``n`` clients.
+
+    ``colluders`` comes from the SecAgg+ threat model (:class:`secagg.graph.ThreatModel`);
+    the floor, the fewest survivors the server unmasks and where the noise is calibrated,
+    is ``min_clients`` or by default ``max(colluders + 2, floor(n (1 - 2 dropout_fraction)))``,
+    clamped to ``[colluders + 2, n]`` (at least one honest share protects each client).
+    """
+    c = ThreatModel(n, dropout_fraction, corrupt_fraction).colluders
+    m = max(c + 2, math.floor(n * (1.0 - 2.0 * dropout_fraction))) if min_clients is None else min_clients
+    return min(max(m, c + 2), n), c
+
+
+def ledger_header(
+    tracker: PrivacyTracker | None,
+    *,
+    planned_clients: int,
+    dropout_fraction: float,
+    corrupt_fraction: float,
+    layout: Mapping[str, Any],
+    plan: DistributedPlan | None = None,
+    aggregation: Mapping[str, Any] | None = None,
+    delta: float | None = None,
+    population: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The run description to pass to :meth:`dp.ledger.Ledger.create`.
+
+    Holds the accountant and ``delta`` (default: the tracker's), the planned cohort size,
+    the threat model, the update ``layout``, the population and the tracker's budget if
+    known; for a distributed-DP run the ``plan`` (:meth:`DistributedPlan.to_dict`), its cohort
+    floor and colluders; otherwise the ``aggregation`` rule (``"dp": None``).  ``extra``
+    adds further fields (it may not replace these).
+
+    Raises:
+        SecAggValueError: no ``delta`` and no tracker to take it from, not exactly one of
+            ``plan`` and ``aggregation``, or ``extra`` replacing a field.
+    """
+    if (plan is None) == (aggregation is None):
+        raise SecAggValueError("describe the run with a DP plan or (without DP) an aggregation rule, not both")
+    if delta is None:
+        if tracker is None:
+            raise SecAggValueError("pass delta= (there is no tracker to take it from)")
+        delta = float(tracker.delta)
+    header: dict[str, Any] = {
+        "accountant": tracker.accountant if tracker is not None else "none",
+        "delta": delta,
+        "planned_clients": planned_clients,
+        "threat_model": {"dropout_fraction": dropout_fraction, "corrupt_fraction": corrupt_fraction},
+        "layout": dict(layout),
+    }
+    if population is not None:
+        header["population"] = population
+    if tracker is not None and tracker.budget_epsilon is not None:
+        header["budget"] = float(tracker.budget_epsilon)
+    if plan is not None:
+        header["cohort_floor"] = plan.min_clients
+        header["threat_model"]["colluders"] = plan.colluders
+        header["dp"] = plan.to_dict()
+    else:
+        header["dp"] = None
+        header["aggregation"] = dict(aggregation or {})
+    if extra:
+        clash = sorted(set(extra) & set(header))
+        if clash:
+            raise SecAggValueError(f"extra fields {clash} would replace the header's own; rename them")
+        header.update(extra)
+    return header
+
+
+def protocol_summary(config: RoundConfig) -> dict[str, int]:
+    """Public protocol parameters of a round (JSON-ready): ``n``, ``d``, ``bits``, ``k``
+    (neighbours), ``t`` (Shamir threshold), ``colluders``, ``min_clients``."""
+    return {
+        "n": config.n,
+        "d": config.d,
+        "bits": config.bits,
+        "k": config.degree,
+        "t": config.t,
+        "colluders": config.colluders,
+        "min_clients": config.min_clients,
+    }
+
+
+def round_privacy(noise: NoiseReport, sampling_rate: float | None = None) -> RoundPrivacy:
+    """The tracker's description of a distributed-DP round from its noise report.
+
+    Args:
+        noise: :meth:`dp.distributed.DistributedPlan.noise_report` for the survivors
+            (lattice units).
+        sampling_rate: clients sampled / population (None: 1.0, no amplification).
+    """
+    if not isinstance(noise, NoiseReport):
+        raise SecAggTypeError(f"noise must be a dp.distributed.NoiseReport, got {type(noise).__name__}")
+    return RoundPrivacy(
+        sampling_rate=1.0 if sampling_rate is None else sampling_rate,
+        l2_sensitivity=noise.l2_sensitivity,
+        sigma_present=noise.sigma_present,
+        sigma_guaranteed=noise.sigma_guaranteed,
+        dim=noise.dim,
+        n_present=noise.shares_present,
+        n_guaranteed=noise.shares_guaranteed,
+        mechanism="skellam" if noise.mechanism == "skellam" else "distributed_discrete_gaussian",
+    )
+
+
+def check_budget(
+    tracker: PrivacyTracker | None, noise: NoiseReport, *, round_index: int, sampling_rate: float | None = None
+) -> RoundEpsilon | None:
+    """Refuse a round whose figures with ``noise`` would exceed the tracker's budget; record nothing.
+
+    Call it before a round starts with the noise report at the cohort floor (the worst
+    round the server accepts), so a round is never run that could not be recorded.
+
+    Returns:
+        The previewed figures (None without a tracker).
+
+    Raises:
+        BudgetExceededError: over the budget (see :attr:`PrivacyTracker.budget_against`).
+    """
+    if tracker is None:
+        return None
+    figures = tracker.preview_round(round_privacy(noise, sampling_rate))
+    if tracker.exceeds_budget(figures):
+        raise BudgetExceededError(
+            f"round {round_index} could spend epsilon {figures.release_epsilon:.4g} (release) / "
+            f"{figures.server_epsilon:.4g} (server) with {noise.shares_present} survivors, over the budget "
+            f"{tracker.budget_epsilon:g} ({tracker.budget_against}); nothing was recorded: stop training or "
+            "raise the noise"
+        )
+    return figures
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _dp_mechanism(plan: DistributedPlan) -> dict[str, Any]:
+    mech: dict[str, Any] = {
+        "name": "skellam" if plan.mechanism == "skellam" else "distributed_discrete_gaussian",
+        "sigma_client": plan.sigma_client,
+        "l2_sensitivity": plan.l2_sensitivity,
+        "scale": plan.scale,
+        "bits": plan.bits,
+        "dim": plan.padded_dim,
+        "noise_multiplier": plan.noise_multiplier,
+    }
+    if plan.mu_client is not None:
+        mech["mu_client"] = plan.mu_client
+    return mech
+
+
+@dataclass(frozen=True)
+class PlainRound:
+    """A round without DP, as its ledger record describes it.
+
+    Attributes:
+        mode: aggregation mode (e.g. ``"fedavg"``, ``"integer"``).
+        clip_norm: clip of each update (model units; the ring's largest value for integer sums).
+        total_weight: the survivors' total weight, which the round reveals.
+        max_weight: cap on a client's weight, if the round weighted by example counts.
+    """
+
+    mode: str
+    clip_norm: float
+    total_weight: int
+    max_weight: int | None = None
+
+    def mechanism(self) -> dict[str, Any]:
+        """The record's ``mechanism`` field (``"name": "none"``)."""
+        mech: dict[str, Any] = {"name": "none", "mode": self.mode}
+        if self.max_weight is not None:
+            mech.update(weighting="example counts capped at max_weight", max_weight=self.max_weight)
+        return mech
+
+
+@dataclass(frozen=True)
+class RoundAccount:
+    """What :func:`account_round` did.
+
+    Attributes:
+        privacy: cumulative figures after the round (distributed DP with a tracker), else None.
+        noise: the round's noise report for its survivors (distributed DP), else None.
+        record: the ledger record as appended (without ``prev``/``sig``), or None without a ledger.
+        ledger_head: ``"COUNT:HASH"`` after the append, for the next round's configuration
+            (None without a ledger).
+    """
+
+    privacy: RoundEpsilon | None
+    noise: NoiseReport | None
+    record: dict[str, Any] | None
+    ledger_head: str | None
+
+
+def account_round(
+    tracker: PrivacyTracker | None,
+    ledger: Ledger | None,
+    *,
+    round_index: int,
+    protocol: RoundConfig,
+    survivors: int,
+    dropped: Mapping[str, Sequence[int]],
+    layout: str,
+    ledger_head_sent: str | None,
+    plan: DistributedPlan | None = None,
+    sampling_rate: float | None = None,
+    plain: PlainRound | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> RoundAccount:
+    """Account for a finished round and write its ledger record.
+
+    In order: validate everything and build the record; check the budget with the
+    tracker's preview (distributed DP; nothing recorded on refusal); record the round in
+    the tracker (both adversaries); append the record to the ledger.  If the append itself
+    fails (disk, a ledger changed on disk), the tracker has already counted the round: the
+    safe side, since the aggregate exists.
+
+    Args:
+        tracker: fed every distributed-DP round (None: no accounting).
+        ledger: receives the record (None: no record); a distributed-DP ledger needs a tracker.
+        round_index: the round's index in the run (0, 1, ...).
+        protocol: the round's protocol configuration (``n`` clients were sampled).
+        survivors: how many clients' inputs are in the sum.
+        dropped: per protocol stage, the clients that went silent or were excluded.
+        layout: fingerprint of the update layout.
+        ledger_head_sent: the ledger head the round's configuration carried to the clients.
+        plan: the distributed-DP plan of a DP round; its noise report for ``survivors``
+            is what the round spent.
+        sampling_rate: clients sampled / population, for the release figure (DP rounds;
+            None: 1.0, no amplification).
+        plain: the description of a round without DP (exactly one of ``plan`` and ``plain``).
+        extra: further JSON fields for the record; may not replace the fields built here.
+
+    Raises:
+        SecAggValueError, SecAggTypeError: inconsistent arguments (nothing recorded).
+        BudgetExceededError: the round would exceed the tracker's budget (nothing recorded).
+        dp.errors.LedgerError: ``extra`` holds values JSON cannot carry (nothing recorded),
+            or the append failed.
+    """
+    if not isinstance(protocol, RoundConfig):
+        raise SecAggTypeError(f"protocol must be a RoundConfig, got {type(protocol).__name__}")
+    n = protocol.n
+    if isinstance(survivors, bool) or not isinstance(survivors, int) or not 0 <= survivors <= n:
+        raise SecAggValueError(f"survivors must be an int in [0, {n}], got {survivors!r}")
+    if (plan is None) == (plain is None):
+        raise SecAggValueError("describe the round with a DP plan or (without DP) a PlainRound, not both")
+    if plan is not None:
+        if not isinstance(plan, DistributedPlan):
+            raise SecAggTypeError(f"plan must be a dp.distributed.DistributedPlan, got {type(plan).__name__}")
+        if ledger is not None and tracker is None:
+            raise SecAggValueError("a distributed-DP ledger record carries epsilons: pass a PrivacyTracker too")
+    elif not isinstance(plain, PlainRound):
+        raise SecAggTypeError(f"plain must be a PlainRound, got {type(plain).__name__}")
+
+    record: dict[str, Any] = {
+        "round": round_index,
+        "round_id": protocol.round_id.hex(),
+        "sampled": n,
+        "survivors": survivors,
+        "dropouts": n - survivors,
+        "dropped_per_stage": {k: len(v) for k, v in dropped.items()},
+        "layout": layout,
+        "ledger_head_sent": ledger_head_sent,
+        "protocol": protocol_summary(protocol),
+    }
+    noise: NoiseReport | None = None
+    rp: RoundPrivacy | None = None
+    if plan is not None:
+        noise = plan.noise_report(survivors)
+        rp = round_privacy(noise, sampling_rate)
+        eps: dict[str, Any] = {"release": None, "server": None}
+        evs: dict[str, Any] = {"release": None, "server": None}
+        if tracker is not None:
+            figures = check_budget(tracker, noise, round_index=round_index, sampling_rate=sampling_rate)
+            assert figures is not None
+            events = rp.events()
+            eps = {"release": _finite(figures.release_epsilon), "server": _finite(figures.server_epsilon)}
+            evs = {"release": events.release.to_dict(), "server": events.server.to_dict()}
+        record.update(
+            clip_norm=plan.clip_norm,
+            mechanism=_dp_mechanism(plan),
+            noise_present=noise.sigma_present,
+            noise_guaranteed=noise.sigma_guaranteed,
+            noise_units=NOISE_UNITS,
+            epsilon=eps,
+            events=evs,
+        )
+    else:
+        assert plain is not None
+        record.update(
+            clip_norm=plain.clip_norm,
+            mechanism=plain.mechanism(),
+            noise_present=0.0,
+            noise_guaranteed=0.0,
+            epsilon={"release": None, "server": None},
+            events={"release": None, "server": None},
+            total_weight=plain.total_weight,
+        )
+    if extra:
+        if not isinstance(extra, Mapping):
+            raise SecAggTypeError(f"extra must be a mapping of JSON fields, got {type(extra).__name__}")
+        clash = sorted(set(extra) & set(record))
+        if clash:
+            raise SecAggValueError(f"extra fields {clash} would replace the round record's own; rename them")
+        record.update(extra)
+    canonical_json(record)  # JSON-able, or LedgerError before anything is recorded
+
+    privacy = tracker.record_round(rp) if tracker is not None and rp is not None else None
+    if ledger is None:
+        return RoundAccount(privacy, noise, None, None)
+    ledger.append(record)
+    return RoundAccount(privacy, noise, record, ledger.head_for_clients())
