@@ -61,7 +61,7 @@ import numpy.typing as npt
 from dp.clipping import clip_l2
 from dp.errors import DPError, DPTypeError, DPValueError
 from dp.mechanisms import DiscreteGaussian, Skellam
-from dp.rotation import DEFAULT_MAX_PADDING, BlockLayout, HadamardRotation, block_layouts, choose_layout
+from dp.rotation import DEFAULT_MAX_PADDING, BlockLayout, HadamardRotation, _check_int, block_layouts, choose_layout
 from dp.samplers import MAX_MU, MAX_SCALE
 from secagg.encoding import centered_lift
 from secagg.rand import RandomSource, RngLike, as_random_source
@@ -94,14 +94,6 @@ _NORM_SLACK = 1e-12
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise DPTypeError(f"{name} must be an int, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise DPValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_float(name: str, value: object, *, low: float = 0.0, high: float = math.inf, open_low: bool = True) -> float:

@@ -148,8 +148,20 @@ def _dg_moments(sigma: float) -> tuple[float, float]:
     return sigma * _SQRT_2PI * den, sigma * sigma * num / den
 
 
+class _IntegerNoise:
+    """Shared behaviour of the discrete mechanisms (they define ``sample``)."""
+
+    def sample(self, size: Size, rng: RngLike = None) -> IntArray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def add_noise(self, x: npt.ArrayLike, rng: RngLike = None) -> IntArray:
+        """``x + noise`` for an integer array ``x`` (``int64``, same shape)."""
+        arr = _check_integer_input(x)
+        return arr + self.sample(arr.shape, rng)
+
+
 @dataclass(frozen=True)
-class DiscreteGaussian:
+class DiscreteGaussian(_IntegerNoise):
     """Discrete Gaussian N_Z(0, sigma^2): ``P(k) = exp(-k^2 / (2 sigma^2)) / Z``, ``k`` in Z.
 
     Args:
@@ -176,11 +188,6 @@ class DiscreteGaussian:
         """Exact samples, ``int64`` array of shape ``size``."""
         return sample_discrete_gaussian(self.sigma, size, rng)
 
-    def add_noise(self, x: npt.ArrayLike, rng: RngLike = None) -> IntArray:
-        """``x + noise`` for an integer array ``x`` (``int64``, same shape)."""
-        arr = _check_integer_input(x)
-        return arr + self.sample(arr.shape, rng)
-
     @overload
     def pmf(self, k: int) -> float: ...
     @overload
@@ -206,7 +213,7 @@ class DiscreteGaussian:
 
 
 @dataclass(frozen=True)
-class DiscreteLaplace:
+class DiscreteLaplace(_IntegerNoise):
     """Discrete Laplace: ``P(k) = tanh(1 / (2 scale)) exp(-|k| / scale)``, ``k`` in Z.
 
     Args:
@@ -224,11 +231,6 @@ class DiscreteLaplace:
     def sample(self, size: Size, rng: RngLike = None) -> IntArray:
         """Exact samples, ``int64`` array of shape ``size``."""
         return sample_discrete_laplace(self.scale, size, rng)
-
-    def add_noise(self, x: npt.ArrayLike, rng: RngLike = None) -> IntArray:
-        """``x + noise`` for an integer array ``x`` (``int64``, same shape)."""
-        arr = _check_integer_input(x)
-        return arr + self.sample(arr.shape, rng)
 
     @overload
     def pmf(self, k: int) -> float: ...
@@ -263,7 +265,7 @@ def _skellam_pmf_one(kabs: int, mu: float) -> float:
 
 
 @dataclass(frozen=True)
-class Skellam:
+class Skellam(_IntegerNoise):
     """Symmetric Skellam: ``Poisson(mu) - Poisson(mu)``, mean 0, variance ``2 mu``.
 
     Args:
@@ -282,11 +284,6 @@ class Skellam:
     def sample(self, size: Size, rng: RngLike = None) -> IntArray:
         """Exact samples, ``int64`` array of shape ``size``."""
         return sample_skellam(self.mu, size, rng)
-
-    def add_noise(self, x: npt.ArrayLike, rng: RngLike = None) -> IntArray:
-        """``x + noise`` for an integer array ``x`` (``int64``, same shape)."""
-        arr = _check_integer_input(x)
-        return arr + self.sample(arr.shape, rng)
 
     @overload
     def pmf(self, k: int) -> float: ...
