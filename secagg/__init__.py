@@ -17,7 +17,18 @@ Importing :mod:`secagg` never imports torch or flwr.
 __version__ = "0.1.0"
 
 from secagg.client import ClientSession, ClientState
-from secagg.crypto import Masker, agree, decrypt, derive, encrypt, expand, generate_private_key, public_key
+from secagg.crypto import (
+    Masker,
+    agree,
+    agree_many,
+    decrypt,
+    derive,
+    encrypt,
+    expand,
+    generate_private_key,
+    keystream,
+    public_key,
+)
 from secagg.encoding import FixedPointEncoder, Headroom, centered_lift, check_headroom
 from secagg.errors import (
     CryptoError,
@@ -80,6 +91,7 @@ __all__ = [
     "UnsafeParametersError",
     "__version__",
     "agree",
+    "agree_many",
     "centered_lift",
     "check_headroom",
     "check_threshold",
@@ -93,6 +105,7 @@ __all__ = [
     "encrypt",
     "expand",
     "generate_private_key",
+    "keystream",
     "neighbour_graph",
     "pack",
     "packed_size",

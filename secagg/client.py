@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from enum import Enum
 from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from secagg import graph as _graph
 from secagg import packing as _packing
@@ -48,7 +47,6 @@ from secagg.crypto import aead as _aead
 from secagg.crypto import keys as _keys
 from secagg.crypto.prg import Masker
 from secagg.errors import (
-    CryptoError,
     MessageError,
     ProtocolError,
     SecAggError,
@@ -72,6 +70,8 @@ from secagg.messages import (
     Stage,
     UnmaskRequest,
     UnmaskShares,
+    _Reader,
+    _Writer,
     decode_message,
 )
 from secagg.rand import RandomSource, RngLike, as_random_source
@@ -208,30 +208,6 @@ def _packed(y: RingArray, bits: int) -> bytes | memoryview:
     if sys.byteorder == "little" and rest == 0 and widths == (8 * y.dtype.itemsize,):
         return y.data.cast("B")
     return _packing.pack(y, bits)
-
-
-class _Agreement:
-    """:func:`secagg.crypto.keys.agree` for one private key and many peers: parses the
-    private key once (parsing costs as much as the exchange).  Same checks and errors.
-    Replace by a batch form of ``agree`` in :mod:`secagg.crypto.keys` if it gains one."""
-
-    __slots__ = ("_key",)
-
-    def __init__(self, private: bytes) -> None:
-        if not isinstance(private, bytes) or len(private) != _keys.KEY_SIZE:
-            raise SecAggValueError(f"private key must be {_keys.KEY_SIZE} raw bytes (X25519)")
-        self._key = X25519PrivateKey.from_private_bytes(private)
-
-    def __call__(self, peer_public: bytes) -> bytes:
-        if not isinstance(peer_public, bytes) or len(peer_public) != _keys.KEY_SIZE:
-            raise SecAggValueError(f"peer public key must be {_keys.KEY_SIZE} raw bytes (X25519)")
-        try:
-            shared = self._key.exchange(X25519PublicKey.from_public_bytes(peer_public))
-        except ValueError as exc:
-            raise CryptoError("X25519 agreement gave the all-zero secret: the peer public key has small order") from exc
-        if not any(shared):
-            raise CryptoError("X25519 agreement gave the all-zero secret: reject this peer")
-        return shared
 
 
 def _wrap(exc: SecAggError, what: str) -> ProtocolError:
@@ -450,9 +426,9 @@ class ClientSession:
         entries = {e.client_id: e for e in roster.clients}
         assert self._enc_sk is not None and self._mask_sk is not None and self._seed is not None
         order = sorted(neighbours)
-        agree = _Agreement(self._enc_sk)
+        shared = _keys.agree_many(self._enc_sk, [entries[v].enc_key for v in order])
         share_keys = {
-            v: _keys.derive(agree(entries[v].enc_key), _keys.LABEL_SHARE, cfg.round_id, me, v) for v in order
+            v: _keys.derive(z, _keys.LABEL_SHARE, cfg.round_id, me, v) for v, z in zip(order, shared, strict=True)
         }
         key_shares, seed_shares = _shamir.split_many([self._mask_sk, self._seed], cfg.t, order, rng=self._rng)
         out = []
@@ -520,11 +496,13 @@ class ClientSession:
         y = self._input
         assert y is not None and self._seed is not None and self._mask_sk is not None
         masker = self._masker if self._masker is not None else Masker(cfg.d, cfg.bits)
-        agree = _Agreement(self._mask_sk)
+        shared = _keys.agree_many(self._mask_sk, [self._peer_mask_keys[v] for v in self._partners])
+        # Self mask plus every pairwise mask, applied chunk-outer in one pass over y.
         masks = [(self._seed, 1)]
-        for v in self._partners:
-            s = _keys.derive(agree(self._peer_mask_keys[v]), _keys.LABEL_MASK, cfg.round_id, me, v)
-            masks.append((s, mask_sign(me, v)))
+        masks += [
+            (_keys.derive(z, _keys.LABEL_MASK, cfg.round_id, me, v), mask_sign(me, v))
+            for v, z in zip(self._partners, shared, strict=True)
+        ]
         masker.add_many(y, masks)
         payload = _packed(y, cfg.bits)
         # Forget everything that could unmask this input.
@@ -581,3 +559,259 @@ class ClientSession:
         self.failure = exc
         return exc
 
+    # -- persistence --------------------------------------------------------------------
+
+    def export_state(self) -> bytes:
+        """This session between two messages, as versioned canonical bytes (no pickle).
+
+        For deployments that cannot keep the object in memory between messages (a Flower
+        SuperNode starts a fresh process per message): store the bytes, then
+        :meth:`restore` them to continue.  Layout (integers big-endian, byte strings
+        ``u32``-length-prefixed, id lists ``u32``-counted and strictly ascending)::
+
+            b"SAcs" | version u8 | RoundConfig bytes | client id u32 | state u8
+            | failure text? | abort reason? | secret flags u8 | mask key | enc key | seed
+            | packed input | public keys? | neighbours (id, mask public key) ...
+            | share keys? | partners | held shares? | revealed self ids | revealed key ids
+
+        Warning:
+            The bytes contain this client's **secrets**: its X25519 private keys, its
+            self-mask seed, the pairwise share-encryption keys, the Shamir shares it
+            holds for its neighbours and, if given before the share delivery, its
+            unmasked input.  Anyone who reads them can unmask this client's input or
+            help unmask its neighbours'.  Keep them on the client device (in Flower:
+            ``context.state``, which the SuperNode keeps locally and never sends to the
+            SuperLink), never log or upload them, and delete them when the round ends.
+
+        The random source given at construction is not part of the state (pass one to
+        :meth:`restore`); a failed session's :attr:`failure` is restored as a
+        :class:`~secagg.errors.ProtocolError` with the same message.
+        """
+        w = _Writer()
+        w.fixed(_STATE_MAGIC)
+        w.u8(_STATE_VERSION)
+        w.var(self._config.encode())
+        w.u32(self._id)
+        w.u8(_STATE_CODES[self._state])
+        for text in (None if self.failure is None else str(self.failure), self.abort_reason):
+            w.u8(0 if text is None else 1)
+            if text is not None:
+                w.var(text.encode("utf-8"))
+        secrets = (self._mask_sk, self._enc_sk, self._seed)
+        flags = sum(1 << i for i, v in enumerate(secrets) if v is not None)
+        flags |= 0 if self._input is None else _HAS_INPUT
+        w.u8(flags)
+        for secret in secrets:
+            if secret is not None:
+                w.fixed(secret)
+        if self._input is not None:
+            w.var(_packing.pack(self._input, self._config.bits))
+        w.u8(1 if self._mask_pk else 0)
+        if self._mask_pk:
+            w.fixed(self._mask_pk)
+            w.fixed(self._enc_pk)
+        order = sorted(self._neighbours)
+        w.u32(len(order))
+        for v in order:
+            w.u32(v)
+            w.fixed(self._peer_mask_keys[v])
+        w.u8(1 if self._share_keys_cache else 0)
+        for v in order if self._share_keys_cache else ():
+            w.fixed(self._share_keys_cache[v])
+        _write_ids(w, self._partners)
+        w.u8(1 if self._held else 0)
+        for v in self._partners if self._held else ():
+            key_share, seed_share = self._held[v]
+            w.var(key_share)
+            w.var(seed_share)
+        _write_ids(w, sorted(self._revealed_self))
+        _write_ids(w, sorted(self._revealed_key))
+        return w.getvalue()
+
+    @classmethod
+    def restore(cls, data: bytes, rng: RngLike = None, *, masker: Masker | None = None) -> ClientSession:
+        """Rebuild a session from :meth:`export_state` bytes, validating everything first.
+
+        Args:
+            data: the bytes :meth:`export_state` returned.
+            rng: randomness still to be drawn (Shamir polynomials and AEAD nonces of the
+                key-sharing stage, if not done yet); None is a fresh CSPRNG.
+            masker: optional :class:`~secagg.crypto.prg.Masker`, as for the constructor.
+
+        Raises:
+            MessageError: malformed, truncated, non-canonical or internally inconsistent
+                state (wrong magic or version, unsafe config, a private key that does not
+                match its public key, secrets or shares that the state cannot hold, ...).
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise MessageError(f"session state must be bytes, got {type(data).__name__}")
+        if isinstance(data, memoryview) and not data.c_contiguous:
+            raise MessageError("session state memoryview is not contiguous; pass bytes(view)")
+        buf = memoryview(data).cast("B")
+        if bytes(buf[: len(_STATE_MAGIC)]) != _STATE_MAGIC:
+            raise MessageError("not a secagg client session state (bad magic)")
+        r = _Reader(buf, len(_STATE_MAGIC))
+        version = r.u8("state version")
+        if version != _STATE_VERSION:
+            raise MessageError(f"unsupported session state version {version} (this library reads {_STATE_VERSION})")
+        try:
+            config = decode_message(r.var("config"), RoundConfig)
+            assert isinstance(config, RoundConfig)
+            session = cls(config, r.u32("client id"), rng, masker=masker)
+        except MessageError:
+            raise
+        except SecAggError as exc:
+            raise MessageError(f"session state holds an unusable config or client id: {exc}") from exc
+        session._read_state(r)
+        r.end()
+        return session
+
+    def _read_state(self, r: _Reader) -> None:
+        """Fill a fresh session from the rest of an :meth:`export_state` encoding; every
+        check raises MessageError (the session is then discarded by :meth:`restore`)."""
+        cfg, me = self._config, self._id
+        code = r.u8("state")
+        if code >= len(_STATES):
+            raise MessageError(f"unknown session state code {code}")
+        state = _STATES[code]
+        failure, abort_reason = (_read_text(r, what) for what in ("failure", "abort reason"))
+        flags = r.u8("secret flags")
+        if flags & ~(_HAS_INPUT | 0b111):
+            raise MessageError(f"unknown secret flags {flags:#x}")
+        fields = (("mask private key", _keys.KEY_SIZE), ("encryption private key", _keys.KEY_SIZE),
+                  ("self-mask seed", SECRET_BYTES))  # fmt: skip
+        mask_sk, enc_sk, seed = (r.fixed(n, x) if flags & (1 << i) else None for i, (x, n) in enumerate(fields))
+        vec = None
+        if flags & _HAS_INPUT:
+            vec = _packing.unpack(r.var_view("input"), cfg.bits, cfg.d, copy=True)
+        has_keys = _read_flag(r, "public keys flag")
+        mask_pk = r.fixed(_keys.KEY_SIZE, "mask public key") if has_keys else b""
+        enc_pk = r.fixed(_keys.KEY_SIZE, "encryption public key") if has_keys else b""
+        peers: dict[int, bytes] = {}
+        prev = 0
+        for _ in range(r.count("neighbours", 4 + _keys.KEY_SIZE)):
+            prev = _check_peer(r.u32("neighbour id"), cfg.n, me, prev)
+            peers[prev] = r.fixed(_keys.KEY_SIZE, "neighbour mask key")
+        share_keys: dict[int, bytes] = {}
+        if _read_flag(r, "share keys flag", peers):
+            share_keys = {v: r.fixed(SECRET_BYTES, "share key") for v in peers}
+        partners = _read_ids(r, "partners", cfg.n, me)
+        if not set(partners) <= peers.keys():
+            raise MessageError("session state: a partner is not a neighbour")
+        held: dict[int, tuple[bytes, bytes]] = {}
+        if _read_flag(r, "held shares flag", partners):
+            for v in partners:
+                pair = (r.var("key share"), r.var("seed share"))
+                for raw in pair:
+                    try:
+                        ok = _shamir.Share.from_bytes(raw).x == me
+                    except SecAggError as exc:
+                        raise MessageError(f"session state: malformed share held for client {v}: {exc}") from exc
+                    if not ok:
+                        raise MessageError(f"session state: share held for client {v} is not at x = {me}")
+                held[v] = pair
+        revealed_self = set(_read_ids(r, "revealed self-mask shares", cfg.n, me))
+        revealed_key = set(_read_ids(r, "revealed mask-key shares", cfg.n, me))
+        if not (revealed_self | revealed_key) <= set(partners) or revealed_self & revealed_key:
+            raise MessageError("session state: revealed shares name non-partners or a peer twice")
+        # What each state holds (see the handlers): anything else is a corrupted state.
+        present = frozenset(n for n, v in (("mask_sk", mask_sk), ("enc_sk", enc_sk), ("seed", seed)) if v is not None)
+        if present != _SECRETS_IN[state]:
+            raise MessageError(f"session state {state.value} cannot hold secrets {sorted(present)}")
+        if vec is not None and state not in (ClientState.READY, ClientState.ADVERTISED, ClientState.SHARED):
+            raise MessageError(f"session state {state.value} cannot hold an unmasked input")
+        live = state not in _TERMINAL
+        if (has_keys != (state is not ClientState.READY) and live) or (has_keys and mask_pk == enc_pk):
+            raise MessageError(f"session state {state.value}: public keys missing, unexpected or equal")
+        for sk, pk in ((mask_sk, mask_pk), (enc_sk, enc_pk)):
+            if sk is not None and _keys.public_key(sk) != pk:
+                raise MessageError("session state: a private key does not match its public key")
+        after_roster = state in (ClientState.SHARED, ClientState.AWAIT_INPUT, ClientState.MASKED, ClientState.DONE)
+        after_delivery = state in (ClientState.AWAIT_INPUT, ClientState.MASKED, ClientState.DONE)
+        if live and (bool(peers) != after_roster or bool(partners) != after_delivery):
+            raise MessageError(f"session state {state.value}: neighbours or partners missing or unexpected")
+        if share_keys and state not in (ClientState.SHARED,):
+            raise MessageError(f"session state {state.value} cannot hold share-encryption keys")
+        if state is ClientState.SHARED and not share_keys:
+            raise MessageError("session state shared: share-encryption keys missing")
+        if bool(held) != (state in (ClientState.AWAIT_INPUT, ClientState.MASKED)):
+            raise MessageError(f"session state {state.value}: held shares missing or unexpected")
+        if (revealed_self or revealed_key) and state is not ClientState.DONE:
+            raise MessageError(f"session state {state.value} cannot have revealed shares")
+        if (failure is not None) != (state is ClientState.FAILED) or (
+            abort_reason is not None and state is not ClientState.ABORTED
+        ):
+            raise MessageError(f"session state {state.value}: failure or abort reason mismatch")
+        # All checked: fill the fresh session.
+        self._state = state
+        self.failure = None if failure is None else ProtocolError(failure)
+        self.abort_reason = abort_reason
+        self._mask_sk, self._enc_sk, self._seed = mask_sk, enc_sk, seed
+        self._input = cast("RingArray | None", vec)
+        self._mask_pk, self._enc_pk = mask_pk, enc_pk
+        self._neighbours = frozenset(peers)
+        self._peer_mask_keys = peers
+        self._share_keys_cache = share_keys
+        self._partners = partners
+        self._held = held
+        self._revealed_self, self._revealed_key = revealed_self, revealed_key
+
+
+# ----------------------------------------------------------------------------- state encoding
+
+_STATE_MAGIC = b"SAcs"
+_STATE_VERSION = 1
+_STATES: tuple[ClientState, ...] = tuple(ClientState)  # codes are positions: append new states only
+_STATE_CODES = {s: i for i, s in enumerate(_STATES)}
+_HAS_INPUT = 0b1000
+_SECRETS_IN: dict[ClientState, frozenset[str]] = {
+    ClientState.READY: frozenset(),
+    ClientState.ADVERTISED: frozenset({"mask_sk", "enc_sk", "seed"}),
+    ClientState.SHARED: frozenset({"mask_sk", "seed"}),
+    ClientState.AWAIT_INPUT: frozenset({"mask_sk", "seed"}),
+    ClientState.MASKED: frozenset(),
+    ClientState.DONE: frozenset(),
+    ClientState.ABORTED: frozenset(),
+    ClientState.FAILED: frozenset(),
+}
+
+
+def _write_ids(w: _Writer, ids: Sequence[int]) -> None:
+    w.u32(len(ids))
+    for v in ids:
+        w.u32(v)
+
+
+def _check_peer(v: int, n: int, me: int, prev: int) -> int:
+    """A peer id read from a state: in 1..n, not ``me``, above the previous id ``prev``
+    (strictly ascending lists: one encoding per state)."""
+    if not 1 <= v <= n or v == me:
+        raise MessageError(f"session state: peer id {v} is outside 1..{n} or this client's own id")
+    if v <= prev:
+        raise MessageError("session state: peer ids must be strictly ascending")
+    return v
+
+
+def _read_ids(r: _Reader, what: str, n: int, me: int) -> tuple[int, ...]:
+    out: list[int] = []
+    for _ in range(r.count(what, 4)):
+        out.append(_check_peer(r.u32(what), n, me, out[-1] if out else 0))
+    return tuple(out)
+
+
+def _read_flag(r: _Reader, what: str, items: Collection[int] | None = None) -> bool:
+    """A 0/1 flag; when it announces one entry per id of ``items``, those must exist (else
+    two encodings would give one state)."""
+    flag = r.u8(what)
+    if flag not in (0, 1) or (flag and items is not None and not items):
+        raise MessageError(f"session state: {what} must be 0 or 1 (and 1 only with entries), got {flag}")
+    return flag == 1
+
+
+def _read_text(r: _Reader, what: str) -> str | None:
+    if not _read_flag(r, f"{what} flag"):
+        return None
+    try:
+        return r.var(what).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"session state: {what} is not UTF-8") from exc

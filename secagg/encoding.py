@@ -41,7 +41,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-from secagg.crypto.prg import _CHUNK_BYTES, _LITTLE, _PAD, _ZEROS_MV, SEED_SIZE, _keystream
+from secagg.crypto.prg import _CHUNK_BYTES, _LITTLE, _PAD, _ZEROS_MV, SEED_SIZE, keystream
 from secagg.errors import HeadroomError, SecAggTypeError, SecAggValueError
 from secagg.rand import RngLike, as_random_source
 from secagg.ring import check_bits, ring_dtype, ring_mask
@@ -408,7 +408,7 @@ class FixedPointEncoder:
     def _round_and_wrap(self, arr: npt.NDArray[np.float64], seed: bytes, weight: int) -> RingArray:
         """Clip, scale, stochastically round, weight and reduce, chunk by chunk in cache.
 
-        The uniform bits are the AES-256-CTR keystream of ``seed`` (the words of
+        The uniform bits are the mask PRG's AES-128-CTR keystream of ``seed`` (the words of
         ``expand(seed, arr.size, 64)``, 53 bits each), so the result is a deterministic
         function of ``seed``.
         """
@@ -426,7 +426,7 @@ class FixedPointEncoder:
         up_all = np.empty(chunk, dtype=np.bool_)
         r_all = np.empty(chunk, dtype=np.int64)
         mask = np.int64(ring_mask(self.bits)) if self.bits < 64 else None
-        stream = _keystream(seed)
+        stream = keystream(seed)
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
             stream.update_into(_ZEROS_MV[: m * 8], ubuf_mv[: m * 8 + _PAD])

@@ -169,23 +169,32 @@ def pack(values: npt.NDArray[Any], bits: int) -> bytes:
     return bytes(out.tobytes())
 
 
-def unpack(data: bytes, bits: int, d: int, *, copy: bool = False) -> RingArray:
+def unpack(data: bytes | bytearray | memoryview, bits: int, d: int, *, copy: bool = False) -> RingArray:
     """Inverse of :func:`pack`: ``d`` values of ``bits`` bits as a ``ring_dtype(bits)`` array.
 
     Args:
-        data: exactly ``packed_size(d, bits)`` bytes.
+        data: exactly ``packed_size(d, bits)`` bytes: ``bytes``, ``bytearray`` or a
+            C-contiguous ``memoryview`` (of any item format; its bytes are read, for
+            example a payload view into a received message, without a copy).
         bits: value width, 1..64.
         d: number of values.
         copy: return a fresh writeable array.  By default the result is read-only; for
-            ``bits`` in {32, 64} it is then a zero-copy view of ``data``.
+            ``bits`` in {32, 64} it is then a zero-copy view of ``data`` (keep ``data``
+            alive and unmodified while using it).
 
     Raises:
-        MessageError: ``data`` has the wrong length or non-zero padding bits.
+        SecAggTypeError: ``data`` is not bytes-like.
+        MessageError: ``data`` has the wrong length or non-zero padding bits, or is a
+            non-contiguous memoryview.
     """
     bits = check_bits(bits)
     d = _dim(d)
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise SecAggTypeError(f"data must be bytes, got {type(data).__name__}")
+        raise SecAggTypeError(f"data must be bytes, bytearray or memoryview, got {type(data).__name__}")
+    if isinstance(data, memoryview) and (data.ndim != 1 or data.itemsize != 1):
+        if not data.c_contiguous:
+            raise MessageError("packed vector memoryview is not contiguous; pass bytes(view)")
+        data = data.cast("B")
     expected = packed_size(d, bits)
     if len(data) != expected:
         raise MessageError(f"packed vector has {len(data)} bytes, expected {expected} for d={d} values of {bits} bits")

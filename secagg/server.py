@@ -44,7 +44,7 @@ import numpy.typing as npt
 from secagg import graph as _graph
 from secagg import packing as _packing
 from secagg import shamir as _shamir
-from secagg.client import _Agreement, check_config, mask_sign, roster_graph
+from secagg.client import check_config, mask_sign, roster_graph
 from secagg.crypto import keys as _keys
 from secagg.crypto.prg import Masker
 from secagg.errors import (
@@ -365,7 +365,7 @@ class ServerSession:
             raise ProtocolError(
                 f"masked input must be {want} bytes ({cfg.d} values of {cfg.bits} bits), got {len(msg.payload)}"
             )
-        vec = _packing.unpack(cast(bytes, msg.payload), cfg.bits, cfg.d)  # memoryview accepted (zero-copy)
+        vec = _packing.unpack(msg.payload, cfg.bits, cfg.d)  # a memoryview into the received bytes: zero-copy
         assert self._acc is not None
         np.add(self._acc, vec, out=self._acc)  # wraps mod 2^32 / 2^64; reduced once at the end
         self._u3.add(msg.sender)
@@ -453,15 +453,20 @@ class ServerSession:
             if _keys.public_key(sk) != masked_keys[v]:
                 raise self._abort(f"client {v}'s reconstructed mask key does not match its advertised public key")
             sks[v] = sk
+        # Remove every survivor's self mask and, for each recovered key, the pairwise masks
+        # its surviving neighbours added (w added mask_sign(w, v) * PRG(s_vw)): one
+        # chunk-outer pass over the running sum.
+        masks = [(seeds[u], -1) for u in u3]
+        for v in needed:
+            alive = sorted(graph[v] & self._u3)
+            shared = _keys.agree_many(sks[v], [masked_keys[w] for w in alive])
+            masks += [
+                (_keys.derive(z, _keys.LABEL_MASK, cfg.round_id, v, w), -mask_sign(w, v))
+                for w, z in zip(alive, shared, strict=True)
+            ]
         acc = self._acc
         masker = self._masker if self._masker is not None else Masker(cfg.d, cfg.bits)
-        for u in u3:
-            masker.add(acc, seeds[u], -1)
-        for v in needed:
-            agree = _Agreement(sks[v])
-            for w in sorted(graph[v] & self._u3):
-                s = _keys.derive(agree(masked_keys[w]), _keys.LABEL_MASK, cfg.round_id, v, w)
-                masker.add(acc, s, -mask_sign(w, v))  # w added mask_sign(w, v) * PRG(s_vw)
+        masker.add_many(acc, masks)
         reduce_inplace(acc, cfg.bits)
         self._acc = None
         self.result = AggregateResult(acc, tuple(u3), dict(self._dropped), tuple(needed))

@@ -20,6 +20,7 @@ from secagg.crypto.keys import (
     LABEL_SHARE,
     PROTOCOL_VERSION,
     agree,
+    agree_many,
     derive,
     derive_info,
     generate_keypair,
@@ -113,6 +114,38 @@ def test_agreement_matches_independent_ladder_and_is_symmetric(a: bytes, b: byte
     pa, pb = public_key(a), public_key(b)
     assert pa == _ladder(a, (9).to_bytes(32, "little"))
     assert agree(a, pb) == agree(b, pa) == _ladder(a, pb)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.lists(st.binary(min_size=32, max_size=32), max_size=6))
+def test_agree_many_is_agree_for_each_peer(a: bytes, peers_private: list[bytes]) -> None:
+    peers = [public_key(p) for p in peers_private]
+    assert agree_many(a, peers) == [_ladder(a, p) for p in peers]
+    assert agree_many(a, tuple(peers)) == [agree(a, p) for p in peers]
+
+
+@pytest.mark.parametrize("point", X25519["low_order"])
+def test_agree_many_rejects_a_low_order_peer_by_position(point: str) -> None:
+    private = generate_private_key(7)
+    good = public_key(generate_private_key(8))
+    with pytest.raises(CryptoError, match="#1 is a small-order"):
+        agree_many(private, [good, H(point), good])
+
+
+@pytest.mark.parametrize(
+    ("private", "peers", "err"),
+    [
+        (bytes(31), [bytes(32)], SecAggValueError),
+        (bytes(32), [bytes(32), bytes(33)], SecAggValueError),
+        (bytes(32), [bytes(32), None], SecAggTypeError),
+        ("x" * 32, [bytes(32)], SecAggTypeError),
+        (bytes(32), bytes(32), SecAggTypeError),  # one key, not a sequence of keys
+        (bytes(32), {bytes(32)}, SecAggTypeError),
+    ],
+)
+def test_agree_many_rejects_bad_arguments(private: object, peers: object, err: type[Exception]) -> None:
+    with pytest.raises(err):
+        agree_many(private, peers)  # type: ignore[arg-type]
 
 
 def test_keys_are_raw_32_bytes_and_rng_is_injectable() -> None:

@@ -20,24 +20,45 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.crypto.keys import LABEL_MASK, agree, derive, generate_keypair
-from secagg.crypto.prg import Masker, expand
+from secagg.crypto.prg import Masker, expand, keystream
 from secagg.errors import SecAggTypeError, SecAggValueError
 from secagg.ring import ring_dtype
 
 VECTOR_FILE = Path(__file__).parent / "vectors" / "prg.json"
 
-# AES-256 encryption of the all-zero block under the all-zero key: the first keystream
-# block of expand(bytes(32), ...).  Widely published known answer (AES test suites).
-AES256_ZERO_BLOCK = "dc95c078a2408989ad48a21492842087"
+# NIST SP 800-38A, Appendix F.5.1 (CTR-AES128.Encrypt): key, initial counter block and the
+# four plaintext / ciphertext blocks, copied from the publication.  With seed = key ||
+# initial counter block, the PRG keystream is plaintext XOR ciphertext.
+SP800_38A_F51 = {
+    "key": "2b7e151628aed2a6abf7158809cf4f3c",
+    "initial_counter": "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff",
+    "plaintext": "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
+    "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710",
+    "ciphertext": "874d6191b620e3261bef6864990db6ce9806f66b7970fdff8617187bb9fffdff"
+    "5ae4df3edbd5d35e5b4f09020db03eab1e031dda2fbe03d1792170a0f3009cee",
+}
 
 
 def independent_words(seed: bytes, d: int, bits: int, start: int, count: int) -> list[int]:
-    """Reference PRG: ``update(bytes(n))`` of a fresh AES-256-CTR encryptor (zero counter
-    block), then each little-endian word as a Python int, ``& (2**bits - 1)``."""
+    """Reference PRG built from the AES-128 block cipher alone: counter block ``i`` is
+    ``(int.from_bytes(seed[16:], "big") + i) mod 2**128`` written big-endian, encrypted
+    with AES-128-ECB under ``seed[:16]``; the concatenated blocks are cut into little-endian
+    words (4 bytes if bits <= 32 else 8), each ``& (2**bits - 1)``.  Only the blocks that
+    hold words ``start .. start + count - 1`` are computed."""
     width = 4 if bits <= 32 else 8
-    stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update(bytes(d * width))
+    if count <= 0:
+        return []
+    assert start + count <= d
+    first, last = start * width // 16, ((start + count) * width - 1) // 16
+    base = int.from_bytes(seed[16:], "big")
+    blocks = b"".join(((base + i) % 2**128).to_bytes(16, "big") for i in range(first, last + 1))
+    stream = Cipher(algorithms.AES(seed[:16]), modes.ECB()).encryptor().update(blocks)
+    offset = first * 16
     mask = (1 << bits) - 1
-    return [int.from_bytes(stream[i * width : (i + 1) * width], "little") & mask for i in range(start, start + count)]
+    return [
+        int.from_bytes(stream[i * width - offset : (i + 1) * width - offset], "little") & mask
+        for i in range(start, start + count)
+    ]
 
 
 def _seed(i: int) -> bytes:
@@ -45,12 +66,18 @@ def _seed(i: int) -> bytes:
 
 
 def _vector_specs() -> list[tuple[bytes, int, int, int, int]]:
-    specs: list[tuple[bytes, int, int, int, int]] = [(bytes(32), 32, 8, 0, 8)]
+    f51 = bytes.fromhex(SP800_38A_F51["key"] + SP800_38A_F51["initial_counter"])
+    wrap = bytes(range(16)) + b"\xff" * 15 + b"\xfe"  # counter wraps from 2**128 - 1 to 0
+    specs: list[tuple[bytes, int, int, int, int]] = [(bytes(32), 32, 8, 0, 8), (f51, 32, 16, 0, 16)]
     specs += [(bytes(range(32)), b, 16, 0, 16) for b in (1, 7, 8, 20, 31, 32, 33, 52, 63, 64)]
     specs += [
-        (_seed(1), 32, 70_000, 65_530, 12),  # crosses the 256 KiB chunk boundary (uint32)
-        (_seed(2), 64, 40_000, 32_760, 12),  # crosses the chunk boundary (uint64)
-        (_seed(3), 20, 131_080, 131_060, 20),  # second boundary and the tail
+        (wrap, 32, 16, 0, 16),
+        (wrap, 64, 8, 0, 8),
+        (_seed(1), 32, 70_000, 32_760, 12),  # crosses the 128 KiB Masker chunk boundary (uint32)
+        (_seed(1), 32, 70_000, 65_530, 12),  # crosses the 256 KiB expand chunk boundary (uint32)
+        (_seed(2), 64, 40_000, 16_376, 12),  # crosses the Masker chunk boundary (uint64)
+        (_seed(2), 64, 40_000, 32_760, 12),  # crosses the expand chunk boundary (uint64)
+        (_seed(3), 20, 131_080, 131_060, 20),  # a later boundary and the tail
         (_seed(4), 45, 5, 0, 5),
     ]
     return specs
@@ -58,12 +85,12 @@ def _vector_specs() -> list[tuple[bytes, int, int, int, int]]:
 
 def generate() -> dict[str, object]:
     return {
-        "source": "# From tests/test_prg.py::independent_words: cryptography's AES-256-CTR "
-        "Cipher(...).encryptor().update(bytes(n)) with a zero 16-byte counter block, each "
-        "little-endian word (4 bytes if bits <= 32 else 8) converted with int.from_bytes and "
-        "masked with 2**bits - 1; no secagg code involved. aes256_zero_block: AES-256 of the zero "
-        "block under the zero key (published known answer).",
-        "aes256_zero_block": AES256_ZERO_BLOCK,
+        "source": "# From tests/test_prg.py::independent_words: AES-128-CTR built by hand from the AES-128 block "
+        "cipher (cryptography's modes.ECB), key = seed[:16], counter block i = (seed[16:32] as a big-endian "
+        "integer + i) mod 2**128, each little-endian word (4 bytes if bits <= 32 else 8) converted with "
+        "int.from_bytes and masked with 2**bits - 1; no secagg code involved. sp800_38a_f51: NIST SP 800-38A "
+        "Appendix F.5.1 (CTR-AES128.Encrypt), copied from the publication.",
+        "sp800_38a_f51": SP800_38A_F51,
         "vectors": [
             {"seed": s.hex(), "bits": b, "d": d, "start": a, "values": independent_words(s, d, b, a, c)}
             for s, b, d, a, c in _vector_specs()
@@ -80,9 +107,17 @@ def test_vector_file_matches_the_independent_computation() -> None:
     assert json.loads(json.dumps(generate())) == VECTORS
 
 
-def test_first_block_is_the_aes256_known_answer() -> None:
-    words = expand(bytes(32), 4, 32)
-    assert words.astype("<u4").tobytes().hex() == VECTORS["aes256_zero_block"]
+@pytest.mark.parametrize("source", ["file", "module"])
+def test_keystream_is_the_sp800_38a_aes128_ctr_known_answer(source: str) -> None:
+    """seed = key || initial counter block of SP 800-38A F.5.1: the PRG's first four
+    blocks XOR the published plaintext give the published ciphertext (the fourth block's
+    counter crosses a byte boundary: the whole block is the counter)."""
+    kat = VECTORS["sp800_38a_f51"] if source == "file" else SP800_38A_F51
+    seed = bytes.fromhex(kat["key"] + kat["initial_counter"])
+    plain, cipher = bytes.fromhex(kat["plaintext"]), bytes.fromhex(kat["ciphertext"])
+    stream = expand(seed, 16, 32).astype("<u4").tobytes()
+    assert bytes(p ^ s for p, s in zip(plain, stream, strict=True)) == cipher
+    assert bytes(keystream(seed).update(plain)) == cipher  # the raw keystream benchmarks time
 
 
 @pytest.mark.parametrize("vec", VECTORS["vectors"], ids=lambda v: f"b{v['bits']}-d{v['d']}-at{v['start']}")
@@ -110,6 +145,9 @@ _BITS = st.integers(min_value=1, max_value=64)
 def test_expand_matches_reference_and_range(seed: bytes, d: int, bits: int) -> None:
     out = expand(seed, d, bits)
     assert out.tolist() == independent_words(seed, d, bits, 0, d)
+    acc = np.zeros(d, dtype=ring_dtype(bits))
+    Masker(d, bits).add(acc, seed)
+    assert np.array_equal(acc, out)
     if d:
         assert int(out.max()) < 2**bits
 
@@ -136,6 +174,42 @@ def test_masker_algebra(s1: bytes, s2: bytes, d: int, bits: int, fill: int) -> N
     assert acc.tolist() == expected
     m.add_many(acc, [(s2, 1), (s1, -1)])
     assert np.array_equal(acc, x)
+
+
+@pytest.mark.parametrize("bits", [20, 32, 64])
+def test_add_many_over_several_chunks_equals_the_sum_of_masks(bits: int) -> None:
+    """Chunk-outer application of five masks (mixed signs) across several 128 KiB chunks
+    and a ragged tail equals adding each expanded mask, computed with Python ints."""
+    d = 100_003
+    seeds = [_seed(10 + i) for i in range(5)]
+    signs = [1, -1, 1, 1, -1]
+    x = expand(_seed(9), d, bits)
+    acc = x.copy()
+    Masker(d, bits).add_many(acc, list(zip(seeds, signs, strict=True)))
+    mod = 1 << bits
+    total = x.astype(object)
+    for seed, sign in zip(seeds, signs, strict=True):
+        total = total + sign * expand(seed, d, bits).astype(object)
+    assert acc.dtype == ring_dtype(bits)
+    assert acc.tolist() == [int(v) % mod for v in total]
+
+
+def test_add_many_with_more_masks_than_open_streams_equals_one_by_one() -> None:
+    """300 masks exceed the 256 AES contexts add_many keeps open: it takes two passes."""
+    d, bits = 1000, 24
+    masks = [(_seed(100 + i), 1 if i % 3 else -1) for i in range(300)]
+    m = Masker(d, bits)
+    acc, ref = np.zeros(d, dtype=np.uint32), np.zeros(d, dtype=np.uint32)
+    m.add_many(acc, iter(masks))
+    for seed, sign in masks:
+        m.add(ref, seed, sign)
+    assert np.array_equal(acc, ref) and acc.any()
+
+
+def test_add_many_of_nothing_leaves_acc_alone() -> None:
+    acc = np.arange(10, dtype=np.uint32)
+    Masker(10, 32).add_many(acc, [])
+    assert np.array_equal(acc, np.arange(10))
 
 
 def test_expand_is_a_prefix_stream() -> None:
@@ -200,6 +274,11 @@ def test_keystream_is_uniform_chi_square() -> None:
         (lambda m, a: m.add(a.reshape(2, -1), bytes(32)), SecAggValueError),
         (lambda m, a: m.add(list(a), bytes(32)), SecAggTypeError),
         (lambda m, a: m.add_many(a, [(bytes(32), 1), (bytes(5), 1)]), SecAggValueError),
+        (lambda m, a: m.add_many(a, [(bytes(32), 1), (bytes(32), 0)]), SecAggValueError),
+        (lambda m, a: m.add_many(a, [(bytes(32), 1), bytes(32)]), SecAggTypeError),
+        (lambda m, a: m.add_many(a, [(bytes(32), 1, 1)]), SecAggTypeError),
+        (lambda m, a: m.add_many(a, bytes(32)), SecAggTypeError),
+        (lambda m, a: m.add_many(a, 5), SecAggTypeError),
     ],
 )
 def test_masker_rejects_bad_input_and_leaves_acc_unchanged(

@@ -802,7 +802,7 @@ def test_single_masked_input_is_uniform() -> None:
         client = run.clients[1]
         y = client.receive(delivery, input=np.full(d, fill, dtype=np.uint64))
         assert isinstance(y, MaskedInput)
-        vec = unpack(bytes(y.payload), bits, d)  # exactly what the server adds to its running sum
+        vec = unpack(y.payload, bits, d)  # exactly what the server adds to its running sum
         hist = np.bincount(vec.astype(np.int64), minlength=2**bits)
         expected = d / 2**bits
         chi2 = float(((hist - expected) ** 2 / expected).sum())
@@ -811,3 +811,176 @@ def test_single_masked_input_is_uniform() -> None:
     table = np.array(counts)
     stat, _p, dof, _ = scipy_stats.chi2_contingency(table)
     assert stat < scipy_stats.chi2.ppf(1 - 1e-4, dof)
+
+
+# ----------------------------------------------------------------------------- persistence
+
+
+def _persist(client: ClientSession, rng: int | None = None) -> ClientSession:
+    """Export, check the encoding is canonical, and restore (as a fresh process would,
+    with a new random source: the state does not carry one)."""
+    data = client.export_state()
+    restored = ClientSession.restore(data, rng)
+    assert restored.export_state() == data
+    assert restored.state is client.state and restored.client_id == client.client_id
+    return restored
+
+
+@pytest.mark.parametrize("early_input", [False, True], ids=["input-after-delivery", "input-before-delivery"])
+def test_export_restore_at_every_stage_finishes_the_round_exactly(early_input: bool) -> None:
+    """Every client is exported and restored before every step (including READY, the
+    early input and AWAIT_INPUT); with dropouts the round still gives the exact sum."""
+    cfg = make_config(n=12, k=4, t=3, expected_survivors=3)
+    drop = {"share_keys": {5}, "masked_input": {7}}
+    ins = inputs_for(cfg, 1)
+    server = ServerSession(cfg, auto_close=False)
+    clients: dict[int, ClientSession] = {}
+    for c in range(1, cfg.n + 1):
+        # restored with the randomness of drive(seed=0): its keys give a graph these dropouts survive
+        clients[c] = _persist(ClientSession(cfg, c), rng=c)
+        server.receive(clients[c].start().encode())
+    outbox = server.close_stage()
+    seen: set[ClientState] = set()
+    for stage in STAGES[1:]:
+        for c, msg in outbox.items():
+            if c in drop.get(stage, set()):
+                continue
+            client = _persist(clients[c])
+            if early_input and isinstance(msg, ShareDelivery):
+                assert client.provide_input(ins[c]) is None
+                client = _persist(client)  # the unmasked input is part of the state
+            reply = client.receive(msg.encode())
+            if reply is None:
+                assert client.state is ClientState.AWAIT_INPUT
+                client = _persist(client)
+                reply = client.provide_input(ins[c])
+            assert reply is not None
+            clients[c] = _persist(client)
+            seen.add(client.state)
+            server.receive(reply.encode())
+        outbox = server.close_stage()
+    res = server.result
+    assert res is not None and res.recovered_keys == (7,)
+    expected = sum((ins[c] for c in res.survivors), np.zeros(cfg.d, dtype=np.uint64)) & np.uint64(2**cfg.bits - 1)
+    assert np.array_equal(res.aggregate.astype(np.uint64), expected)
+    assert {ClientState.SHARED, ClientState.MASKED, ClientState.DONE} <= seen
+    assert all(clients[c].state is ClientState.DONE for c in res.survivors)
+    assert clients[5].state is ClientState.ADVERTISED  # went silent: its persisted state is intact
+
+
+@pytest.mark.parametrize("state", list(ClientState))
+def test_export_restore_round_trips_every_state(reference: Run, state: ClientState) -> None:
+    client = client_in(reference, state)
+    restored = _persist(client)
+    assert restored.neighbours == client.neighbours and restored.partners == client.partners
+    assert restored.revealed == client.revealed
+    assert (restored.failure is None) == (client.failure is None)
+    assert restored.abort_reason == client.abort_reason
+    if state is ClientState.FAILED:
+        assert isinstance(restored.failure, ProtocolError) and str(restored.failure) == str(client.failure)
+        with pytest.raises(ProtocolError):
+            restored.receive(Abort(RID, "x"))
+
+
+def test_restored_session_continues_like_the_original(reference: Run) -> None:
+    """Past the last random draw (Shamir and nonces happen on the roster), a restored
+    session answers byte for byte like the one that never left memory."""
+    original = client_in(reference, ClientState.SHARED)
+    restored = _persist(original)
+    delivery = reference.down["masked_input"][1]
+    a = original.receive(delivery, input=reference.inputs[1])
+    b = restored.receive(delivery, input=reference.inputs[1])
+    assert a is not None and b is not None and a.encode() == b.encode() == reference.up["masked_input"][1].encode()
+
+
+def test_export_state_covers_every_attribute() -> None:
+    """A new ClientSession attribute must be added to export_state/restore (then here)."""
+    assert set(vars(ClientSession(make_config(), 1, rng=1))) == {
+        "_config", "_id", "_rng", "_masker", "_state", "failure", "abort_reason", "_mask_sk", "_enc_sk", "_seed",
+        "_input", "_mask_pk", "_enc_pk", "_neighbours", "_peer_mask_keys", "_share_keys_cache", "_partners",
+        "_held", "_revealed_self", "_revealed_key",
+    }  # fmt: skip
+
+
+def test_restore_refuses_truncated_extended_and_foreign_bytes(reference: Run) -> None:
+    data = client_in(reference, ClientState.SHARED).export_state()
+    for end in range(len(data)):
+        with pytest.raises(MessageError):
+            ClientSession.restore(data[:end])
+    for bad in (data + b"\x00", b"SAgg" + data[4:], data[:4] + b"\x02" + data[5:], reference.cfg.encode()):
+        with pytest.raises(MessageError):
+            ClientSession.restore(bad)
+    with pytest.raises(MessageError):
+        ClientSession.restore("not bytes")  # type: ignore[arg-type]
+
+
+def test_restore_refuses_unsafe_config_or_bad_client_id(reference: Run) -> None:
+    data = client_in(reference, ClientState.READY).export_state()
+    cfg_len = len(reference.cfg.encode())
+    unsafe = dataclasses.replace(reference.cfg, t=2).encode()  # t <= (k + c) / 2 for k = 5
+    with pytest.raises(MessageError, match="unusable config"):
+        ClientSession.restore(data[:5] + len(unsafe).to_bytes(4, "big") + unsafe + data[9 + cfg_len :])
+    with pytest.raises(MessageError, match="unusable config"):
+        ClientSession.restore(data[: 9 + cfg_len] + (99).to_bytes(4, "big") + data[13 + cfg_len :])
+
+
+def test_every_single_bit_flip_is_refused_or_canonical(reference: Run) -> None:
+    """Restore either refuses a corrupted state with MessageError or accepts it as the
+    canonical encoding of some state (flips inside keys, shares or ids it cannot tell)."""
+    for state in (ClientState.SHARED, ClientState.MASKED, ClientState.DONE):
+        data = client_in(reference, state).export_state()
+        refused = 0
+        for i in range(len(data)):
+            for bit in (0, 7):
+                bad = bytearray(data)
+                bad[i] ^= 1 << bit
+                try:
+                    restored = ClientSession.restore(bytes(bad))
+                except MessageError:
+                    refused += 1
+                    continue
+                assert restored.export_state() == bytes(bad)
+        assert refused > len(data) // 4
+
+
+def _tamper(name: str) -> Callable[[ClientSession], None]:
+    def set_attr(value: object) -> Callable[[ClientSession], None]:
+        return lambda c: setattr(c, name, value)
+
+    return {
+        "_mask_sk": set_attr(bytes(range(32))),  # does not match the advertised public key
+        "_enc_sk": set_attr(None),  # an ADVERTISED session still needs its encryption key
+        "_seed": set_attr(None),  # a SHARED session needs its self-mask seed
+        "_input": set_attr(np.zeros(8, dtype=np.uint32)),  # only before the delivery (a MASKED one)
+        "_revealed_self": set_attr({2}),  # revealed before the unmasking request
+        "abort_reason": set_attr("why"),  # only an aborted session has one
+        "_state": set_attr(ClientState.ADVERTISED),  # an ADVERTISED session has no neighbours yet
+    }[name]
+
+
+@pytest.mark.parametrize(
+    ("state", "name"),
+    [
+        (ClientState.SHARED, "_mask_sk"),
+        (ClientState.ADVERTISED, "_enc_sk"),
+        (ClientState.SHARED, "_seed"),
+        (ClientState.MASKED, "_input"),
+        (ClientState.MASKED, "_revealed_self"),
+        (ClientState.DONE, "abort_reason"),
+        (ClientState.SHARED, "_state"),
+    ],
+)
+def test_restore_refuses_inconsistent_states(reference: Run, state: ClientState, name: str) -> None:
+    client = client_in(reference, state)
+    _tamper(name)(client)
+    data = client.export_state()
+    with pytest.raises(MessageError, match="session state"):
+        ClientSession.restore(data)
+
+
+def test_restore_refuses_a_share_not_at_this_clients_x(reference: Run) -> None:
+    client = client_in(reference, ClientState.AWAIT_INPUT)
+    other = client_in(reference, ClientState.AWAIT_INPUT, cid=2)
+    client._held[2] = other._held[3]  # shares at x = 2
+    with pytest.raises(MessageError, match="not at x = 1"):
+        ClientSession.restore(client.export_state())

@@ -1,6 +1,6 @@
 """Cryptographic primitives of secagg: X25519 + HKDF-SHA256 key agreement
 (:mod:`secagg.crypto.keys`), AES-256-GCM share encryption (:mod:`secagg.crypto.aead`) and
-the AES-256-CTR mask PRG (:mod:`secagg.crypto.prg`)."""
+the AES-128-CTR mask PRG (:mod:`secagg.crypto.prg`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from secagg.crypto.keys import (
     LABEL_SHARE,
     PROTOCOL_VERSION,
     agree,
+    agree_many,
     derive,
     derive_info,
     generate_keypair,
@@ -18,7 +19,7 @@ from secagg.crypto.keys import (
     hkdf_sha256,
     public_key,
 )
-from secagg.crypto.prg import SEED_SIZE, Masker, expand
+from secagg.crypto.prg import SEED_SIZE, Masker, expand, keystream
 
 __all__ = [
     "KEY_SIZE",
@@ -29,6 +30,7 @@ __all__ = [
     "SEED_SIZE",
     "Masker",
     "agree",
+    "agree_many",
     "associated_data",
     "decrypt",
     "derive",
@@ -38,5 +40,6 @@ __all__ = [
     "generate_keypair",
     "generate_private_key",
     "hkdf_sha256",
+    "keystream",
     "public_key",
 ]

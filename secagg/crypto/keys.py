@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -44,6 +45,7 @@ __all__ = [
     "MAX_CLIENT_ID",
     "PROTOCOL_VERSION",
     "agree",
+    "agree_many",
     "derive",
     "derive_info",
     "generate_keypair",
@@ -104,25 +106,22 @@ def _lp(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-def hkdf_extract(salt: bytes | None, ikm: bytes) -> bytes:
-    """HKDF-Extract (RFC 5869 §2.2) with SHA-256: ``PRK = HMAC-SHA256(salt, ikm)``.
-
-    ``salt=None`` or ``b""`` means 32 zero bytes.  Returns the 32-byte pseudorandom key.
-    """
-    salt_b = b"" if salt is None else _as_bytes(salt, "salt")
-    return hmac.digest(salt_b or bytes(_HASH_LEN), _as_bytes(ikm, "ikm"), hashlib.sha256)
-
-
-def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
-    """HKDF-Expand (RFC 5869 §2.3) with SHA-256: ``length`` bytes (1..8160) from ``prk``."""
-    prk = _as_bytes(prk, "prk")
-    info = _as_bytes(info, "info")
+def _length(length: object) -> int:
     if isinstance(length, bool) or not isinstance(length, int):
         raise SecAggTypeError(f"length must be an int, got {type(length).__name__}")
     if not 1 <= length <= _MAX_OKM:
         raise SecAggValueError(f"HKDF-SHA256 length must be in [1, {_MAX_OKM}] bytes, got {length}")
-    if len(prk) < _HASH_LEN:
-        raise SecAggValueError(f"prk must be at least {_HASH_LEN} bytes, got {len(prk)}")
+    return length
+
+
+def _extract(salt: bytes, ikm: bytes) -> bytes:
+    return hmac.digest(salt or bytes(_HASH_LEN), ikm, hashlib.sha256)
+
+
+def _expand(prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-Expand on checked arguments."""
+    if length <= _HASH_LEN:  # one block: T(1) = HMAC(prk, info || 0x01)
+        return hmac.digest(prk, info + b"\x01", hashlib.sha256)[:length]
     out = bytearray()
     block = b""
     counter = 1
@@ -131,6 +130,25 @@ def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
         out += block
         counter += 1
     return bytes(out[:length])
+
+
+def hkdf_extract(salt: bytes | None, ikm: bytes) -> bytes:
+    """HKDF-Extract (RFC 5869 §2.2) with SHA-256: ``PRK = HMAC-SHA256(salt, ikm)``.
+
+    ``salt=None`` or ``b""`` means 32 zero bytes.  Returns the 32-byte pseudorandom key.
+    """
+    salt_b = b"" if salt is None else _as_bytes(salt, "salt")
+    return _extract(salt_b, _as_bytes(ikm, "ikm"))
+
+
+def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-Expand (RFC 5869 §2.3) with SHA-256: ``length`` bytes (1..8160) from ``prk``."""
+    prk = _as_bytes(prk, "prk")
+    info = _as_bytes(info, "info")
+    length = _length(length)
+    if len(prk) < _HASH_LEN:
+        raise SecAggValueError(f"prk must be at least {_HASH_LEN} bytes, got {len(prk)}")
+    return _expand(prk, info, length)
 
 
 def hkdf_sha256(ikm: bytes, *, salt: bytes | None, info: bytes, length: int) -> bytes:
@@ -147,11 +165,8 @@ def hkdf_sha256(ikm: bytes, *, salt: bytes | None, info: bytes, length: int) -> 
     """
     ikm = _as_bytes(ikm, "ikm")
     info = _as_bytes(info, "info")
-    if isinstance(length, bool) or not isinstance(length, int):
-        raise SecAggTypeError(f"length must be an int, got {type(length).__name__}")
-    if not 1 <= length <= _MAX_OKM:
-        raise SecAggValueError(f"HKDF-SHA256 length must be in [1, {_MAX_OKM}] bytes, got {length}")
-    return hkdf_expand(hkdf_extract(salt, ikm), info, length)
+    length = _length(length)
+    return _expand(hkdf_extract(salt, ikm), info, length)
 
 
 def derive_info(label: str, round_id: bytes, a: int, b: int) -> bytes:
@@ -209,6 +224,19 @@ def generate_keypair(rng: RngLike = None) -> tuple[bytes, bytes]:
     return private, public_key(private)
 
 
+def _exchange(key: X25519PrivateKey, peer_public: object, name: str) -> bytes:
+    pub = _key_bytes(peer_public, name)
+    try:
+        shared = key.exchange(X25519PublicKey.from_public_bytes(pub))
+    except ValueError as exc:  # OpenSSL refuses an all-zero output (small-order point)
+        raise CryptoError(
+            f"X25519 agreement gave the all-zero secret: the {name} is a small-order point; reject this peer"
+        ) from exc
+    if not any(shared):  # defence in depth if the backend ever stops checking
+        raise CryptoError(f"X25519 agreement gave the all-zero secret with the {name}: reject this peer")
+    return shared
+
+
 def agree(private: bytes, peer_public: bytes) -> bytes:
     """Raw X25519 shared secret (RFC 7748 §6.1) of ``private`` and a peer's public key.
 
@@ -219,17 +247,28 @@ def agree(private: bytes, peer_public: bytes) -> bytes:
         CryptoError: ``peer_public`` is a small-order point (the secret would be all
             zero, known to an attacker); treat the peer as malicious.
     """
+    return agree_many(private, (peer_public,))[0]
+
+
+def agree_many(private: bytes, peers: Sequence[bytes]) -> list[bytes]:
+    """``[agree(private, p) for p in peers]``, parsing the private key once (parsing costs
+    about as much as one exchange).  Same checks and errors as :func:`agree`.
+
+    Every peer key's length is checked before any exchange; a small-order peer key raises
+    :class:`~secagg.errors.CryptoError` naming its position in ``peers``.
+
+    Raises:
+        SecAggTypeError: ``peers`` is not a sequence of bytes.
+        SecAggValueError: a key is not exactly 32 bytes.
+        CryptoError: a peer public key is a small-order point; reject that peer.
+    """
     priv = _key_bytes(private, "private key")
-    pub = _key_bytes(peer_public, "peer public key")
-    try:
-        shared = X25519PrivateKey.from_private_bytes(priv).exchange(X25519PublicKey.from_public_bytes(pub))
-    except ValueError as exc:  # OpenSSL refuses an all-zero output (small-order point)
-        raise CryptoError(
-            "X25519 agreement gave the all-zero secret: the peer public key is a small-order point; reject this peer"
-        ) from exc
-    if not any(shared):  # defence in depth if the backend ever stops checking
-        raise CryptoError("X25519 agreement gave the all-zero secret: reject this peer")
-    return shared
+    if isinstance(peers, (bytes, bytearray, memoryview, str)) or not isinstance(peers, Sequence):
+        raise SecAggTypeError(f"peers must be a sequence of 32-byte public keys, got {type(peers).__name__}")
+    names = ["peer public key" if len(peers) == 1 else f"peer public key #{i}" for i in range(len(peers))]
+    pubs = [_key_bytes(p, name) for p, name in zip(peers, names, strict=True)]
+    key = X25519PrivateKey.from_private_bytes(priv)
+    return [_exchange(key, p, name) for p, name in zip(pubs, names, strict=True)]
 
 
 def derive(shared: bytes, label: str, round_id: bytes, a: int, b: int, length: int = 32) -> bytes:  # noqa: PLR0917
@@ -249,4 +288,4 @@ def derive(shared: bytes, label: str, round_id: bytes, a: int, b: int, length: i
     """
     ikm = _key_bytes(shared, "shared secret")
     info = derive_info(label, round_id, a, b)
-    return hkdf_sha256(ikm, salt=HKDF_SALT, info=info, length=length)
+    return _expand(_extract(HKDF_SALT, ikm), info, _length(length))

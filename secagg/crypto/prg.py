@@ -1,16 +1,35 @@
-"""Mask PRG: AES-256-CTR keystream expanded straight into numpy vectors over Z_{2^b}.
+"""Mask PRG: AES-128-CTR keystream expanded straight into numpy vectors over Z_{2^b}.
 
-``expand(seed, d, bits)`` is the vector whose ``i``-th coordinate is the ``i``-th
-little-endian word (4 bytes for ``bits <= 32``, 8 bytes above) of the AES-256-CTR
-keystream keyed by the 32-byte ``seed`` with an all-zero 16-byte initial counter block,
+A PRG seed is 32 bytes.  ``expand(seed, d, bits)`` is the vector whose ``i``-th
+coordinate is the ``i``-th little-endian word (4 bytes for ``bits <= 32``, 8 bytes above)
+of the AES-128-CTR keystream with
+
+* key ``seed[:16]`` (AES-128), and
+* initial counter block ``seed[16:32]``, incremented as one 128-bit big-endian integer
+  modulo 2^128 per 16-byte block (NIST SP 800-38A, the standard incrementing function
+  applied to the whole block),
+
 reduced modulo ``2^bits`` (``& (2^bits - 1)``, never a Python-int ``%``).  Keeping the
-low ``bits`` bits of a uniform word gives an exactly uniform element of Z_{2^b}.
+low ``bits`` bits of a uniform word gives an exactly uniform element of Z_{2^b}.  A mask
+of ``d`` words uses ``d * 4 / 16`` (or ``d * 8 / 16``) counter blocks; by the PRP/PRF
+switching lemma the keystream of ``q`` blocks is distinguishable from uniform with
+advantage at most about ``q^2 / 2^129`` (about 2^-91 for ``d = 10^6`` words of 8 bytes).
+
+Why AES-128 and not AES-256: 128-bit keys give 128-bit security against key search,
+ample for a mask that lives for one round, and AES-128 runs 10 rounds instead of 14,
+so its keystream costs about a quarter less time; the keystream is most of a round's
+cost.  The other 16 bytes of the seed make the starting counter secret and
+seed-dependent as well.  (Share encryption, :mod:`secagg.crypto.aead`, stays AES-256-GCM.)
 
 :class:`Masker` adds or subtracts such masks into an accumulator in place.  It keeps a
-preallocated keystream buffer (256 KiB, 15 bytes longer than the data because
-``update_into`` requires it) and a cached zero input, and works chunk by chunk so the
-keystream is added while it is still in cache: no allocation proportional to ``d`` and
-no Python loop over elements.  Its speed is bounded by OpenSSL's AES-CTR throughput.
+preallocated keystream buffer (128 KiB, 15 bytes longer than the data because
+``update_into`` requires it) and a cached zero input.  :meth:`Masker.add_many` applies
+many masks at once **chunk-outer**: for each 128 KiB chunk of the accumulator it runs
+every seed's keystream for that chunk and adds it while the accumulator's chunk is
+still in cache (one AES-CTR context per seed keeps each stream's position; at most 256
+contexts are open at once, longer lists take several passes).  No
+allocation proportional to ``d`` and no Python loop over elements; its speed is bounded
+by OpenSSL's AES-CTR throughput plus one vector addition per mask.
 
 Why not numpy's generators
 --------------------------
@@ -26,8 +45,9 @@ agreed key (flwrlabs/flower#7522).  That is unacceptable for masking:
 * A 32-bit seed has only 2^32 values: a server brute-forces it in minutes on one core by
   trying seeds until the unmasked vector looks like a model update.
 
-AES-256-CTR keyed by a 256-bit HKDF output has none of these problems (it is a PRF under
-standard assumptions, 2^256 keys) and is faster than MT19937 on AES-NI hardware.
+AES-128-CTR keyed by 128 bits of an HKDF output has none of these problems (AES is a
+pseudorandom permutation under standard assumptions, 2^128 keys) and is faster than
+MT19937 on AES-NI hardware.
 
 Threat assumptions: ``seed`` is a uniformly random 32-byte secret (an output of
 :func:`secagg.crypto.keys.derive` or of a secure ``rng``); a seed expands to exactly one
@@ -48,17 +68,21 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from secagg.errors import SecAggTypeError, SecAggValueError
 from secagg.ring import check_bits, ring_dtype, ring_mask
 
-__all__ = ["SEED_SIZE", "Masker", "expand"]
+__all__ = ["AES_KEY_SIZE", "SEED_SIZE", "Masker", "expand", "keystream"]
 
 SEED_SIZE = 32
-"""PRG seed size in bytes (an AES-256 key)."""
+"""PRG seed size in bytes: a 16-byte AES-128 key followed by a 16-byte initial counter block."""
+
+AES_KEY_SIZE = 16
+"""AES key size of the mask PRG in bytes (AES-128); the key is ``seed[:AES_KEY_SIZE]``."""
 
 RingArray = npt.NDArray[np.unsignedinteger[Any]]
 """A vector over Z_{2^b}: ``uint32`` for b <= 32, ``uint64`` above (checked at run time)."""
 
-_ZERO_COUNTER = bytes(16)
 _PAD = 15  # update_into wants an output buffer block_size - 1 bytes longer than the input
-_CHUNK_BYTES = 1 << 18  # 256 KiB of keystream per update_into: stays in L2 while it is added
+_CHUNK_BYTES = 1 << 18  # 256 KiB of keystream per update_into in expand() (and secagg.encoding)
+_MASK_CHUNK_BYTES = 1 << 17  # Masker: 128 KiB of the accumulator per chunk (measured best for 21 masks)
+_MAX_STREAMS = 256  # Masker.add_many: AES-CTR contexts open at once (bounds memory for huge mask lists)
 _LITTLE = sys.byteorder == "little"
 _ZEROS = np.zeros(_CHUNK_BYTES, dtype=np.uint8)
 _ZEROS.flags.writeable = False
@@ -70,7 +94,9 @@ def _seed(seed: object) -> bytes:
         raise SecAggTypeError(f"seed must be bytes, got {type(seed).__name__}")
     raw = bytes(seed)
     if len(raw) != SEED_SIZE:
-        raise SecAggValueError(f"seed must be {SEED_SIZE} bytes (an AES-256 key), got {len(raw)}")
+        raise SecAggValueError(
+            f"seed must be {SEED_SIZE} bytes (AES-128 key and initial counter block), got {len(raw)}"
+        )
     return raw
 
 
@@ -82,15 +108,24 @@ def _dim(d: object) -> int:
     return int(d)
 
 
-def _keystream(seed: bytes) -> CipherContext:
-    return Cipher(algorithms.AES(seed), modes.CTR(_ZERO_COUNTER)).encryptor()
+def keystream(seed: bytes) -> CipherContext:
+    """The mask PRG's raw keystream for a 32-byte ``seed``: an AES-128-CTR encryptor with
+    key ``seed[:16]`` and initial counter block ``seed[16:32]``.  Encrypting zero bytes
+    with it yields the keystream that :func:`expand` reads as words (benchmarks time this
+    exact cipher as the hardware bound of masking).
+
+    Raises:
+        SecAggTypeError, SecAggValueError: ``seed`` is not 32 bytes.
+    """
+    key = _seed(seed)
+    return Cipher(algorithms.AES(key[:AES_KEY_SIZE]), modes.CTR(key[AES_KEY_SIZE:])).encryptor()
 
 
 def expand(seed: bytes, d: int, bits: int) -> RingArray:
     """The PRG output: ``d`` uniform elements of Z_{2^bits} from a 32-byte ``seed``.
 
     Args:
-        seed: 32-byte AES-256 key.
+        seed: 32 bytes (AES-128 key, then the initial counter block).
         d: vector length (>= 0).
         bits: ring bit width, 1..64.
 
@@ -98,15 +133,13 @@ def expand(seed: bytes, d: int, bits: int) -> RingArray:
         A new array of shape ``(d,)`` and dtype :func:`secagg.ring.ring_dtype` (``bits``),
         values in ``[0, 2^bits)``.
     """
-    key = _seed(seed)
+    enc = keystream(seed)
     bits = check_bits(bits)
     d = _dim(d)
     dtype = ring_dtype(bits)
-    item = np.dtype(dtype).itemsize
-    n = d * item
+    n = d * np.dtype(dtype).itemsize
     buf = np.empty(n + _PAD, dtype=np.uint8)
     out_mv = buf.data
-    enc = _keystream(key)
     for start in range(0, n, _CHUNK_BYTES):
         m = min(_CHUNK_BYTES, n - start)
         enc.update_into(_ZEROS_MV[:m], out_mv[start : start + m + _PAD])
@@ -121,27 +154,27 @@ def expand(seed: bytes, d: int, bits: int) -> RingArray:
 class Masker:
     """Adds PRG masks into accumulators of shape ``(d,)`` over Z_{2^bits}, in place.
 
-    One ``Masker`` per vector shape: it owns a 256 KiB keystream buffer reused by every
-    call, so :meth:`add` allocates nothing proportional to ``d``.  Not thread-safe (use
-    one per thread).
+    One ``Masker`` per vector shape: it owns a 128 KiB keystream buffer reused by every
+    call, so :meth:`add` and :meth:`add_many` allocate nothing proportional to ``d``.  Not
+    thread-safe (use one per thread).
 
     Args:
         d: vector length (>= 0).
         bits: ring bit width, 1..64.
     """
 
-    __slots__ = ("_buf", "_buf_mv", "_chunk", "_item", "_ks", "_mask", "bits", "d", "dtype")
+    __slots__ = ("_buf_mv", "_chunk", "_item", "_ks", "_mask", "bits", "d", "dtype")
 
     def __init__(self, d: int, bits: int) -> None:
         self.bits: int = check_bits(bits)
         self.d: int = _dim(d)
         self.dtype: type[np.uint32] | type[np.uint64] = ring_dtype(self.bits)
         self._item = np.dtype(self.dtype).itemsize
-        self._chunk = max(1, min(self.d, _CHUNK_BYTES // self._item))  # elements per chunk
+        self._chunk = max(1, min(self.d, _MASK_CHUNK_BYTES // self._item))  # elements per chunk
         nbytes = self._chunk * self._item
-        self._buf = np.empty(nbytes + _PAD, dtype=np.uint8)
-        self._buf_mv = self._buf.data
-        self._ks = cast(RingArray, self._buf[:nbytes].view(self.dtype))
+        buf = np.empty(nbytes + _PAD, dtype=np.uint8)
+        self._buf_mv = buf.data
+        self._ks = cast(RingArray, buf[:nbytes].view(self.dtype))
         self._mask = None if self.bits in (32, 64) else self.dtype(ring_mask(self.bits))
 
     def __repr__(self) -> str:
@@ -166,23 +199,21 @@ class Masker:
             raise SecAggValueError(f"sign must be +1 or -1, got {sign!r}")
         return int(sign)
 
-    def _apply(self, acc: RingArray, key: bytes, sign: int) -> None:
-        enc = _keystream(key)
-        item, chunk, ks, buf_mv, mask = self._item, self._chunk, self._ks, self._buf_mv, self._mask
-        op = np.add if sign > 0 else np.subtract
-        for start in range(0, self.d, chunk):
-            m = min(chunk, self.d - start)
-            enc.update_into(_ZEROS_MV[: m * item], buf_mv[: m * item + _PAD])
-            k = ks[:m]
-            if not _LITTLE:
-                k.byteswap(inplace=True)
-            a = acc[start : start + m]
-            op(a, k, out=a)
-            if mask is not None:
-                np.bitwise_and(a, mask, out=a)
+    @classmethod
+    def _check_masks(cls, masks: object) -> list[tuple[bytes, int]]:
+        if isinstance(masks, (bytes, bytearray, memoryview, str)) or not isinstance(masks, Iterable):
+            raise SecAggTypeError(f"masks must be an iterable of (seed, sign) pairs, got {type(masks).__name__}")
+        out = []
+        for item in masks:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise SecAggTypeError(f"each mask must be a (seed, sign) tuple, got {item!r:.60}")
+            out.append((_seed(item[0]), cls._check_sign(item[1])))
+        return out
 
     def add(self, acc: npt.NDArray[Any], seed: bytes, sign: int = 1) -> None:
         """``acc <- acc + sign * expand(seed, d, bits)  (mod 2^bits)``, in place.
+
+        The one-mask case of :meth:`add_many`.
 
         Args:
             acc: writeable array of shape ``(d,)`` and dtype ``ring_dtype(bits)``.
@@ -193,18 +224,43 @@ class Masker:
             SecAggTypeError / SecAggValueError: bad ``acc``, ``seed`` or ``sign``; ``acc``
                 is then unchanged.
         """
-        a = self._check_acc(acc)
-        key = _seed(seed)
-        s = self._check_sign(sign)
-        self._apply(a, key, s)
+        self.add_many(acc, ((seed, sign),))
 
     def add_many(self, acc: npt.NDArray[Any], masks: Iterable[tuple[bytes, int]]) -> None:
-        """Apply several ``(seed, sign)`` masks to ``acc`` in place.
+        """``acc <- acc + sum of sign * expand(seed, d, bits)  (mod 2^bits)`` over the
+        ``(seed, sign)`` pairs of ``masks``, in place.
 
-        Every seed and sign is validated before ``acc`` is touched, so a bad entry leaves
-        ``acc`` unchanged.
+        Works chunk-outer: for each 128 KiB chunk of ``acc``, every mask's keystream for
+        that chunk is generated into the shared buffer and added while the chunk is in
+        cache; the result equals applying the masks one after the other.
+
+        Args:
+            acc: writeable array of shape ``(d,)`` and dtype ``ring_dtype(bits)``.
+            masks: ``(seed, sign)`` pairs: 32-byte PRG seeds, signs ``+1`` or ``-1``.
+
+        Raises:
+            SecAggTypeError / SecAggValueError: bad ``acc``, a bad seed or sign; every
+                entry is validated before ``acc`` is touched, so ``acc`` is then unchanged.
         """
         a = self._check_acc(acc)
-        checked = [(_seed(seed), self._check_sign(sign)) for seed, sign in masks]
-        for key, s in checked:
-            self._apply(a, key, s)
+        checked = self._check_masks(masks)
+        for first in range(0, len(checked), _MAX_STREAMS):
+            self._apply(a, checked[first : first + _MAX_STREAMS])
+
+    def _apply(self, acc: RingArray, masks: list[tuple[bytes, int]]) -> None:
+        """One chunk-outer pass of validated masks over ``acc``."""
+        streams = [(keystream(seed), np.add if sign > 0 else np.subtract) for seed, sign in masks]
+        item, chunk, ks, buf_mv, mask, d = self._item, self._chunk, self._ks, self._buf_mv, self._mask, self.d
+        for start in range(0, d, chunk):
+            m = min(chunk, d - start)
+            nbytes = m * item
+            zeros, out = _ZEROS_MV[:nbytes], buf_mv[: nbytes + _PAD]
+            k = ks[:m]
+            part = acc[start : start + m]
+            for enc, op in streams:
+                enc.update_into(zeros, out)
+                if not _LITTLE:
+                    k.byteswap(inplace=True)
+                op(part, k, out=part)  # wraps mod 2^32 / 2^64, a multiple of 2^bits
+            if mask is not None:
+                np.bitwise_and(part, mask, out=part)

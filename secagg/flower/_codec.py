@@ -11,7 +11,9 @@ Everything here is plain data: no pickle, no clock, no I/O.  Three forms:
   protocol's :class:`~secagg.messages.RoundConfig`: the aggregation mode, the array layout,
   the fixed-point encoder or the distributed-DP plan, the rotation seed and the ledger head;
   carried as canonical JSON.
-* **session state** (:func:`export_session` / :func:`restore_session`) -- a
+* **session state** (:func:`export_session` / :func:`restore_session`, thin wrappers of
+  :meth:`secagg.client.ClientSession.export_state` and
+  :meth:`~secagg.client.ClientSession.restore`) -- a
   :class:`~secagg.client.ClientSession` between two messages.  In a Flower deployment the
   SuperNode starts a fresh ``flwr-clientapp`` process for every message (isolation mode
   ``subprocess``, the default in flwr 1.41), so the session must survive in
@@ -32,11 +34,12 @@ from typing import Any, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-from secagg.client import ClientSession, ClientState, check_input
-from secagg.encoding import FixedPointEncoder, centered_lift
+from secagg.client import ClientSession, check_input
+from secagg.encoding import FixedPointEncoder
 from secagg.errors import MessageError, ProtocolError, SecAggError, SecAggTypeError, SecAggValueError
-from secagg.messages import RoundConfig, decode_message
+from secagg.messages import RoundConfig
 from secagg.rand import RngLike, as_random_source
+from secagg.rounds import decode_weighted, encode_weighted
 
 __all__ = [
     "MESSAGE_TYPE",
@@ -63,7 +66,6 @@ STATE_KEY = "secagg.session"
 #: ``stype`` of the raw byte array carrying protocol bytes.
 PAYLOAD_STYPE = "secagg/bytes"
 SPEC_FORMAT = 1
-SESSION_FORMAT = 1
 
 Mode = Literal["integer", "fedavg", "dp"]
 MODES: tuple[str, ...] = ("integer", "fedavg", "dp")
@@ -169,22 +171,13 @@ def rotation_seed(round_id: bytes) -> bytes:
 # ----------------------------------------------------------------------------- round spec
 
 
-def _plan_to_json(plan: Any) -> dict[str, Any]:
-    out = {k: getattr(plan, k) for k in plan.__dataclass_fields__ if not k.startswith("_") and k != "layout"}
-    out["block_size"] = plan.layout.block_size
-    return out
-
-
-def _plan_from_json(doc: Mapping[str, Any]) -> Any:
+def _plan_from_json(doc: Any) -> Any:
     from dp.distributed import DistributedPlan
     from dp.errors import DPError
-    from dp.rotation import BlockLayout
 
-    fields = dict(doc)
     try:
-        layout = BlockLayout(int(fields.pop("dim")), int(fields.pop("block_size")))
-        return DistributedPlan(dim=layout.dim, layout=layout, **fields)
-    except (DPError, TypeError, KeyError, ValueError) as exc:
+        return DistributedPlan.from_dict(doc)
+    except DPError as exc:
         raise MessageError(f"invalid distributed-DP plan in the round spec: {exc}") from exc
 
 
@@ -293,7 +286,7 @@ class RoundSpec:
             doc["encoder"] = {"bits": self.encoder.bits, "scale": self.encoder.scale, "clip": self.encoder.clip}
             doc["max_weight"] = self.max_weight
         if self.plan is not None:
-            doc["plan"] = _plan_to_json(self.plan)
+            doc["plan"] = self.plan.to_dict()
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     @classmethod
@@ -394,12 +387,7 @@ class RoundSpec:
         if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or num_examples < 0:
             raise SecAggValueError(f"fedavg mode needs num_examples as an int >= 0, got {num_examples!r}")
         assert self.encoder is not None
-        w = min(int(num_examples), self.max_weight)
-        body = self.encoder.encode(update, src, weight=w)
-        ring = np.empty(self.d, dtype=body.dtype)
-        ring[:-1] = body
-        ring[-1] = w
-        return ring
+        return encode_weighted(self.encoder, update, min(int(num_examples), self.max_weight), src)
 
     # -- server side: decoding -------------------------------------------------------------
 
@@ -419,101 +407,28 @@ class RoundSpec:
             total = np.asarray(self.plan.decode(aggregate, rotation_seed(self.round_id)), dtype=np.float64)
             return total / survivors, survivors
         assert self.encoder is not None
-        weight = int(centered_lift(np.asarray(aggregate[-1:]), self.bits)[0])
-        if weight <= 0:
-            raise SecAggValueError("the survivors' total weight is 0: no surviving client had examples")
-        return self.encoder.decode(np.asarray(aggregate[:-1]), count=weight), weight
+        return decode_weighted(self.encoder, aggregate)
 
 
 # ----------------------------------------------------------------------------- session state
 
-_SESSION_ATTRS = frozenset(
-    {
-        "_config",
-        "_id",
-        "_rng",
-        "_masker",
-        "_state",
-        "failure",
-        "abort_reason",
-        "_mask_sk",
-        "_enc_sk",
-        "_seed",
-        "_input",
-        "_mask_pk",
-        "_enc_pk",
-        "_neighbours",
-        "_peer_mask_keys",
-        "_share_keys_cache",
-        "_partners",
-        "_held",
-        "_revealed_self",
-        "_revealed_key",
-    }
-)
-
-
-def _check_attrs(session: ClientSession) -> None:
-    have = set(vars(session))
-    if have != _SESSION_ATTRS:
-        raise SecAggError(
-            "secagg.client.ClientSession changed (attributes "
-            f"{sorted(have ^ _SESSION_ATTRS)}); update secagg.flower._codec to persist its state"
-        )
-
-
-def _hex(b: bytes | None) -> str | None:
-    return None if b is None else b.hex()
-
-
-def _unhex(s: object) -> bytes | None:
-    if s is None:
-        return None
-    if not isinstance(s, str):
-        raise MessageError("session state: expected a hex string")
-    return bytes.fromhex(s)
-
 
 def export_session(session: ClientSession) -> bytes:
-    """Serialise a :class:`~secagg.client.ClientSession` between two messages (JSON, no
-    pickle).  The bytes hold the client's secrets: keep them on the client.
+    """:meth:`ClientSession.export_state <secagg.client.ClientSession.export_state>`: the
+    session's versioned canonical bytes (no pickle).  They hold the client's secrets: keep
+    them on the client (``context.state``).
 
     Raises:
         SecAggTypeError: not a ClientSession.
-        SecAggValueError: the session holds an unmasked input (given before the delivery);
-            inputs are never persisted.
     """
     if not isinstance(session, ClientSession):
         raise SecAggTypeError(f"expected a ClientSession, got {type(session).__name__}")
-    _check_attrs(session)
-    s: Any = session
-    if s._input is not None:
-        raise SecAggValueError("a session holding an unmasked input is not persisted; give the input with the delivery")
-    doc = {
-        "format": SESSION_FORMAT,
-        "config": s._config.encode().hex(),
-        "id": s._id,
-        "state": s._state.value,
-        "failure": None if s.failure is None else str(s.failure),
-        "abort_reason": s.abort_reason,
-        "mask_sk": _hex(s._mask_sk),
-        "enc_sk": _hex(s._enc_sk),
-        "seed": _hex(s._seed),
-        "mask_pk": s._mask_pk.hex(),
-        "enc_pk": s._enc_pk.hex(),
-        "neighbours": sorted(s._neighbours),
-        "peer_mask_keys": {str(k): v.hex() for k, v in sorted(s._peer_mask_keys.items())},
-        "share_keys_cache": {str(k): v.hex() for k, v in sorted(s._share_keys_cache.items())},
-        "partners": list(s._partners),
-        "held": {str(k): [a.hex(), b.hex()] for k, (a, b) in sorted(s._held.items())},
-        "revealed_self": sorted(s._revealed_self),
-        "revealed_key": sorted(s._revealed_key),
-    }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
+    return session.export_state()
 
 
 def restore_session(data: bytes, rng: RngLike = None) -> ClientSession:
-    """Rebuild a session from :func:`export_session` bytes.
+    """:meth:`ClientSession.restore <secagg.client.ClientSession.restore>`: rebuild a
+    session from :func:`export_session` bytes.
 
     ``rng`` feeds the randomness still to be drawn (Shamir polynomials and AEAD nonces of
     the key-sharing stage); None is a fresh CSPRNG.
@@ -521,37 +436,4 @@ def restore_session(data: bytes, rng: RngLike = None) -> ClientSession:
     Raises:
         MessageError: malformed state.
     """
-    try:
-        doc = json.loads(data)
-        if not isinstance(doc, dict) or doc.get("format") != SESSION_FORMAT:
-            raise MessageError(f"unsupported session state format (want {SESSION_FORMAT})")
-        config = decode_message(bytes.fromhex(doc["config"]), RoundConfig)
-        assert isinstance(config, RoundConfig)
-        session = ClientSession(config, int(doc["id"]), rng)
-        _check_attrs(session)
-        ids = {k: int(k) for k in (*doc["peer_mask_keys"], *doc["share_keys_cache"], *doc["held"])}
-        failure = doc["failure"]
-        values: dict[str, Any] = {
-            "_state": ClientState(doc["state"]),
-            "failure": None if failure is None else ProtocolError(str(failure)),
-            "abort_reason": doc["abort_reason"],
-            "_mask_sk": _unhex(doc["mask_sk"]),
-            "_enc_sk": _unhex(doc["enc_sk"]),
-            "_seed": _unhex(doc["seed"]),
-            "_mask_pk": bytes.fromhex(doc["mask_pk"]),
-            "_enc_pk": bytes.fromhex(doc["enc_pk"]),
-            "_neighbours": frozenset(int(v) for v in doc["neighbours"]),
-            "_peer_mask_keys": {ids[k]: bytes.fromhex(v) for k, v in doc["peer_mask_keys"].items()},
-            "_share_keys_cache": {ids[k]: bytes.fromhex(v) for k, v in doc["share_keys_cache"].items()},
-            "_partners": tuple(int(v) for v in doc["partners"]),
-            "_held": {ids[k]: (bytes.fromhex(a), bytes.fromhex(b)) for k, (a, b) in doc["held"].items()},
-            "_revealed_self": {int(v) for v in doc["revealed_self"]},
-            "_revealed_key": {int(v) for v in doc["revealed_key"]},
-        }
-    except MessageError:
-        raise
-    except (SecAggError, KeyError, TypeError, ValueError, AssertionError) as exc:
-        raise MessageError(f"malformed session state: {exc}") from exc
-    for k, v in values.items():
-        setattr(session, k, v)
-    return session
+    return ClientSession.restore(data, rng)
