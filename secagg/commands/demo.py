@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
 
     bar: Any = None
-    if not args.no_progress:
+    # A progress bar only on a terminal: in logs (CI, pipes) it would interleave with the table.
+    if not args.no_progress and sys.stderr.isatty():
         try:
             from tqdm import tqdm
 
