@@ -19,7 +19,7 @@ extensions = [
     "sphinx.ext.mathjax",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_static"]
 myst_heading_anchors = 3
 myst_enable_extensions = ["dollarmath"]
 autodoc_member_order = "bysource"

@@ -306,22 +306,27 @@ def _plot_ratios(plt: Any, path: Path, rows: Sequence[BenchRow], dpi: int) -> Pa
 
 def _plot_upload(plt: Any, path: Path, rows: Sequence[BenchRow], dpi: int) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for bits in sorted({r.bits for r in rows}):
-        pts = sorted((r for r in rows if r.bits == bits and r.graph == "flower-k20" and r.n == max(x.n for x in rows
-                      if x.bits == bits and x.graph == "flower-k20")), key=lambda r: r.d)
-        if pts:
-            ax.plot([r.d for r in pts], [(r.up_per_client or 0) / (4 * r.d) for r in pts], "o-",
-                    label=f"secagg, {bits} bits (n={pts[0].n}, k20)")
-    fl = sorted((r for r in rows if r.flower_up_per_client is not None and r.graph == "flower-k20"),
-                key=lambda r: (r.n, r.d))
+    k20 = [r for r in rows if r.graph == "flower-k20" and r.dropout == 0.1]
+    if not k20:
+        k20 = list(rows)
+    with_flower = [r for r in k20 if r.flower_up_per_client is not None]
+    counts: dict[int, int] = {}
+    for r in with_flower or k20:
+        counts[r.n] = counts.get(r.n, 0) + 1
+    n = max(counts, key=lambda m: (counts[m], m))
+    for bits in sorted({r.bits for r in k20 if r.n == n}):
+        pts = sorted((r for r in k20 if r.n == n and r.bits == bits), key=lambda r: r.d)
+        ax.plot([r.d for r in pts], [(r.up_per_client or 0) / (4 * r.d) for r in pts], "o-",
+                label=f"secagg, {bits} bits")
+    fl = sorted((r for r in with_flower if r.n == n and r.bits == 32), key=lambda r: r.d)
     if fl:
-        n = max(r.n for r in fl)
-        sel = [r for r in fl if r.n == n and r.bits == 32]
-        ax.plot([r.d for r in sel], [(r.flower_up_per_client or 0) / (4 * r.d) for r in sel], "s--",
-                label=f"Flower (n={n}, k20)")
+        ax.plot([r.d for r in fl], [(r.flower_up_per_client or 0) / (4 * r.d) for r in fl], "s--",
+                label="Flower (int64 values)")
     ax.axhline(1.0, color="k", lw=0.8, ls=":")
-    ax.set(xscale="log", xlabel="dimension d", ylabel="upload per client / float32 update",
-           title="bytes uploaded per client, relative to 4d")
+    g = k20[0]
+    ax.set(xscale="log", xlabel="dimension d", ylabel="upload per client / (4 d bytes)",
+           title=f"bytes uploaded per client relative to the float32 update (n={n}, {g.graph})")
+    ax.title.set_fontsize(9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -14,11 +14,13 @@ ring bits).  :func:`measure` runs, in this order and in one process:
    neighbours ``k``, threshold ``t`` and dropouts.
 
 :func:`run_sweep` runs each configuration in a fresh subprocess by default (so peak
-memory is that configuration's alone and a run over budget can be killed), cheapest
-first, and skips configurations, or only their Flower baseline, whose predicted time
-exceeds what is left of the budget.  Predictions come from a cost model (masking bytes
-plus per-neighbour key work), rescaled by the ratio measured/predicted of the largest
-configuration run so far.
+memory is that configuration's alone and a run over budget can be killed), in two passes:
+first our round and baselines (a) and (b) for every configuration, cheapest first, then
+Flower's baseline (c) with what is left of the budget.  Whatever is predicted not to fit
+is skipped and says so.  Predictions come from a cost model (masking bytes plus
+per-neighbour key work) rescaled by the ratio measured/predicted of the largest
+configuration run so far.  Times are CPU seconds of the measuring process by default
+(see :func:`measure`).
 
 Graphs: ``"flower-k20"`` = SecAgg+ with ``k = min(20, n - 1)`` neighbours (Flower's
 examples), ``"auto"`` = SecAgg+ with ``k`` and ``t`` from the threat model
@@ -404,8 +406,8 @@ def measure(
     ``clock="cpu"`` times everything in CPU seconds of this process
     (``time.process_time``: on a machine shared with other work, wall-clock time mostly
     measures the others), ``"wall"`` in wall-clock seconds; the wall-clock time of each
-    round is recorded either way.  With ``cfg.repeats > 1`` our round and Flower's run
-    alternately that many times and the fastest of each is kept.
+    round is recorded either way.  With ``cfg.repeats > 1`` our round (and then
+    Flower's, when ``cfg.flower``) runs that many times and the fastest is kept.
 
     Never raises for a round that aborts or parameters the library refuses: the row's
     ``status`` says ``"aborted"`` or ``"refused"`` with the reason in ``note``.
