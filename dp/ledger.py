@@ -343,6 +343,20 @@ class VerificationResult:
     anchored: bool = False
     torn: bool = False
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (the head as ``"COUNT:HASH"``)."""
+        return {
+            "ok": self.ok,
+            "count": self.count,
+            "head": None if self.head is None else str(self.head),
+            "first_bad_line": self.first_bad_line,
+            "reason": self.reason,
+            "signer": self.signer,
+            "signer_checked": self.signer_checked,
+            "anchored": self.anchored,
+            "torn": self.torn,
+        }
+
     def summary(self) -> str:
         """One line for humans: the head when intact, the first bad line and reason otherwise."""
         if self.ok:

@@ -148,18 +148,7 @@ def build_report(
     """
     res = verify_ledger(ledger_path, expect_head, pubkey, signed_head=signed_head, anchors=anchors)
     warnings: list[str] = []
-    verification = {
-        "ok": res.ok,
-        "summary": res.summary(),
-        "head": None if res.head is None else str(res.head),
-        "count": res.count,
-        "first_bad_line": res.first_bad_line,
-        "reason": res.reason,
-        "signer": res.signer,
-        "signer_checked": res.signer_checked,
-        "anchored": res.anchored,
-        "torn": res.torn,
-    }
+    verification = {**res.to_dict(), "summary": res.summary()}
     report: dict[str, Any] = {
         "ledger": os.fspath(ledger_path),
         "verification": verification,

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.errors import MessageError, SecAggTypeError, SecAggValueError
-from secagg.ring import check_bits, ring_dtype, ring_mask
+from secagg.ring import check_bits, check_dim, ring_dtype, ring_mask
 
 __all__ = ["pack", "packed_size", "plane_widths", "unpack"]
 
@@ -40,17 +40,9 @@ _LITTLE = sys.byteorder == "little"
 _LE: dict[int, np.dtype[Any]] = {8: np.dtype("<u1"), 16: np.dtype("<u2"), 32: np.dtype("<u4"), 64: np.dtype("<u8")}
 
 
-def _dim(d: object) -> int:
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
-        raise SecAggTypeError(f"d must be an int, got {type(d).__name__}")
-    if int(d) < 0:
-        raise SecAggValueError(f"d must be >= 0, got {d}")
-    return int(d)
-
-
 def packed_size(d: int, bits: int) -> int:
     """Bytes taken by ``d`` packed ``bits``-bit values: ``ceil(d * bits / 8)``."""
-    return (_dim(d) * check_bits(bits) + 7) // 8
+    return (check_dim(d) * check_bits(bits) + 7) // 8
 
 
 def plane_widths(bits: int) -> tuple[tuple[int, ...], int]:
@@ -188,7 +180,7 @@ def unpack(data: bytes | bytearray | memoryview, bits: int, d: int, *, copy: boo
             non-contiguous memoryview.
     """
     bits = check_bits(bits)
-    d = _dim(d)
+    d = check_dim(d)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SecAggTypeError(f"data must be bytes, bytearray or memoryview, got {type(data).__name__}")
     if isinstance(data, memoryview) and (data.ndim != 1 or data.itemsize != 1):

@@ -29,6 +29,15 @@ def check_bits(bits: int) -> int:
     return int(bits)
 
 
+def check_dim(d: object) -> int:
+    """Return the vector length ``d`` if it is an int >= 0, else raise a typed error."""
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+        raise SecAggTypeError(f"d must be an int, got {type(d).__name__}")
+    if int(d) < 0:
+        raise SecAggValueError(f"d must be >= 0, got {d}")
+    return int(d)
+
+
 def ring_dtype(bits: int) -> type[np.uint32] | type[np.uint64]:
     """numpy dtype holding Z_{2^bits}: ``uint32`` up to 32 bits, ``uint64`` above."""
     return np.uint32 if check_bits(bits) <= 32 else np.uint64

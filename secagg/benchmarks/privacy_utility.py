@@ -11,7 +11,7 @@ Agarwal, Kairouz, Liu 2021) and ring width (12 to 20 bits):
    ``plan_distributed(clients_expected=clients, min_clients=clients, colluders=0, ...)``;
 2. the plan's :meth:`~dp.distributed.DistributedPlan.noise_report` for a round where all
    clients survive gives the noise present and guaranteed, and
-   :class:`dp.tracker.RoundPrivacy` turns it into the two per-round events; an RDP
+   :func:`secagg.rounds.round_privacy` turns it into the two per-round events; an RDP
    accountant composes ``rounds`` of each: ``epsilon_release`` (client sampling
    amplification at ``sampling_rate``, all shares) and ``epsilon_server`` (no
    amplification, the ``clients - 1`` honest shares that protect one client);
@@ -41,8 +41,9 @@ from dp.accountants import make_accountant
 from dp.calibration import calibrate_noise_multiplier
 from dp.distributed import plan_distributed
 from dp.errors import DPError
-from dp.tracker import PrivacyTracker, RoundPrivacy
+from dp.tracker import PrivacyTracker
 from secagg.errors import SecAggValueError
+from secagg.rounds import round_privacy
 
 __all__ = ["MECHANISMS", "PrivacyUtilityRow", "load_quality_ratio", "privacy_utility_rows"]
 
@@ -220,16 +221,7 @@ def privacy_utility_rows(
                 continue
             mse = float(q.mse_distributed)
             report = plan.noise_report(clients)
-            events = PrivacyTracker.events_for(RoundPrivacy(
-                sampling_rate=float(sampling_rate),
-                l2_sensitivity=report.l2_sensitivity,
-                sigma_present=report.sigma_present,
-                sigma_guaranteed=report.sigma_guaranteed,
-                dim=report.dim,
-                n_present=report.shares_present,
-                n_guaranteed=report.shares_guaranteed,
-                mechanism=MECHANISMS[mech],  # type: ignore[arg-type]
-            ))
+            events = PrivacyTracker.events_for(round_privacy(report, float(sampling_rate)))
             measured = time.perf_counter() - t0
             for r in rounds_list:
                 eps_s = _epsilon(events.server, r, delta)

@@ -59,20 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         print(
-            json.dumps(
-                {
-                    "ok": res.ok,
-                    "count": res.count,
-                    "head": None if res.head is None else str(res.head),
-                    "first_bad_line": res.first_bad_line,
-                    "reason": res.reason,
-                    "signer": res.signer,
-                    "signer_checked": res.signer_checked,
-                    "anchored": res.anchored,
-                    "torn": res.torn,
-                },
-                sort_keys=True,
-            )
+            json.dumps(res.to_dict(), sort_keys=True)
         )
     else:
         print(f"{args.ledger}: {res.summary()}")

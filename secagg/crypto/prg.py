@@ -66,7 +66,7 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from secagg.errors import SecAggTypeError, SecAggValueError
-from secagg.ring import check_bits, ring_dtype, ring_mask
+from secagg.ring import check_bits, check_dim, ring_dtype, ring_mask
 
 __all__ = ["AES_KEY_SIZE", "SEED_SIZE", "Masker", "expand", "keystream"]
 
@@ -100,14 +100,6 @@ def _seed(seed: object) -> bytes:
     return raw
 
 
-def _dim(d: object) -> int:
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
-        raise SecAggTypeError(f"d must be an int, got {type(d).__name__}")
-    if int(d) < 0:
-        raise SecAggValueError(f"d must be >= 0, got {d}")
-    return int(d)
-
-
 def keystream(seed: bytes) -> CipherContext:
     """The mask PRG's raw keystream for a 32-byte ``seed``: an AES-128-CTR encryptor with
     key ``seed[:16]`` and initial counter block ``seed[16:32]``.  Encrypting zero bytes
@@ -135,7 +127,7 @@ def expand(seed: bytes, d: int, bits: int) -> RingArray:
     """
     enc = keystream(seed)
     bits = check_bits(bits)
-    d = _dim(d)
+    d = check_dim(d)
     dtype = ring_dtype(bits)
     n = d * np.dtype(dtype).itemsize
     buf = np.empty(n + _PAD, dtype=np.uint8)
@@ -167,7 +159,7 @@ class Masker:
 
     def __init__(self, d: int, bits: int) -> None:
         self.bits: int = check_bits(bits)
-        self.d: int = _dim(d)
+        self.d: int = check_dim(d)
         self.dtype: type[np.uint32] | type[np.uint64] = ring_dtype(self.bits)
         self._item = np.dtype(self.dtype).itemsize
         self._chunk = max(1, min(self.d, _MASK_CHUNK_BYTES // self._item))  # elements per chunk
