@@ -26,16 +26,15 @@ which the accountant doubles the sensitivity of the inner event (see :mod:`dp.rd
 
 from __future__ import annotations
 
-import math
-import numbers
-import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from dp._validate import check_int, check_nonnegative, check_positive
 from dp.errors import DPTypeError, DPValueError
 
 __all__ = [
+    "MAX_COUNT",
     "ComposedEvent",
     "DistributedDiscreteGaussianEvent",
     "FixedSizeSampledEvent",
@@ -52,6 +51,12 @@ __all__ = [
 # --------------------------------------------------------------------------- validation
 
 
+#: Largest count (rounds, repetitions, shares, coordinates) an event or accountant accepts:
+#: 2**53, the largest integer a float holds exactly.  Anything larger is an error
+#: (:class:`~dp.errors.DPValueError`), never an ``OverflowError`` deep in the arithmetic.
+MAX_COUNT = 2**53
+
+
 def _real(
     name: str,
     value: object,
@@ -60,31 +65,15 @@ def _real(
     upper: float | None = None,
 ) -> float:
     """Return ``value`` as a finite Python float >= 0 (> 0 if ``positive``), <= ``upper``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise DPTypeError(f"{name} must be a real number, got {type(value).__name__}")
-    x = float(value)
-    if math.isnan(x):
-        raise DPValueError(f"{name} is NaN; pass a finite number")
-    if math.isinf(x):
-        raise DPValueError(f"{name} must be finite, got {x}")
-    if x < 0 or (positive and x == 0):
-        raise DPValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {x}")
+    x = check_positive(name, value) if positive else check_nonnegative(name, value)
     if upper is not None and x > upper:
         raise DPValueError(f"{name} must be <= {upper}, got {x}")
     return x
 
 
 def _integer(name: str, value: object, *, minimum: int) -> int:
-    """Return ``value`` as a Python int >= ``minimum`` (``bool`` and floats are refused)."""
-    if isinstance(value, bool):
-        raise DPTypeError(f"{name} must be an integer, got bool")
-    try:
-        n = operator.index(value)  # type: ignore[arg-type]
-    except TypeError as exc:
-        raise DPTypeError(f"{name} must be an integer, got {type(value).__name__}") from exc
-    if n < minimum:
-        raise DPValueError(f"{name} must be >= {minimum}, got {n}")
-    return n
+    """Return ``value`` as a Python int in [``minimum``, :data:`MAX_COUNT`] (``bool`` and floats refused)."""
+    return check_int(name, value, low=minimum, high=MAX_COUNT)
 
 
 def _event(name: str, value: object) -> PrivacyEvent:

@@ -5,12 +5,18 @@ observers, and the guarantees differ:
 
 ``release``
     Anyone who sees only what is released (the aggregate or the trained model) and does
-    not know who took part.  Amplification by client sampling applies, and all noise
-    present among the round's survivors counts.
+    not know who took part.  Amplification by client sampling applies, and the noise
+    shares of the *other* survivors count: ``m - 1`` shares for ``m`` survivors.
 ``server``
     The aggregation server, which chooses or sees the participants.  Against it there is
     no sampling amplification, and only the noise *guaranteed* against it counts: the
-    survivors' noise less the share of clients colluding with the server.
+    shares of the other honest survivors, ``m - 1 - c`` with ``c`` colluders.
+
+The share-counting rule (one rule for the whole library, see ``docs/accounting.md``):
+the accounting uses add/remove-one-client adjacency, under which the protected client's
+own noise share leaves together with its data, so it never protects it.  A survivor that
+colludes with the server can subtract its share, so it protects nobody against the
+server.  Hence ``m - 1`` shares against the release, ``m - 1 - c`` against the server.
 
 :class:`PrivacyTracker` keeps one accountant per adversary and reports both cumulative
 epsilons for every round; it never reports only the (smaller) release figure.  Dropouts
@@ -20,14 +26,15 @@ are handled by describing each round with the numbers of its survivors.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from dp._validate import check_choice, check_int, check_nonnegative, check_positive, check_probability
 from dp.accountants import Accountant, make_accountant
 from dp.calibration import calibrate
 from dp.errors import BudgetExceededError, DPTypeError, DPValueError
 from dp.events import (
+    MAX_COUNT,
     DistributedDiscreteGaussianEvent,
     GaussianEvent,
     PoissonSampledEvent,
@@ -55,36 +62,31 @@ MECHANISMS: tuple[str, ...] = ("distributed_discrete_gaussian", "skellam", "gaus
 #: Who the ``release`` figure protects against.
 RELEASE_AGAINST = (
     "release: anyone who sees only the released aggregate/model and does not know who took part "
-    "(client-sampling amplification applies; all noise present among the survivors counts)"
+    "(client-sampling amplification applies; the other survivors' noise shares count: m - 1 of m)"
 )
 #: Who the ``server`` figure protects against.
 SERVER_AGAINST = (
     "server: the aggregation server, which chooses or sees the participants (no sampling amplification; "
-    "only noise guaranteed against it counts: the survivors' noise less the colluders')"
+    "only noise guaranteed against it counts: the other honest survivors' shares, m - 1 - c)"
 )
 
 
 def _real(name: str, value: object, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise DPTypeError(f"{name} must be a real number, got {type(value).__name__}")
-    x = float(value)
-    if math.isnan(x) or math.isinf(x) or x < 0 or (positive and x == 0):
-        raise DPValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {x}")
-    return x
+    return check_positive(name, value) if positive else check_nonnegative(name, value)
 
 
 def _int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise DPTypeError(f"{name} must be an integer, got {type(value).__name__}")
-    n = int(value)
-    if n < minimum:
-        raise DPValueError(f"{name} must be >= {minimum}, got {n}")
-    return n
+    return check_int(name, value, low=minimum, high=MAX_COUNT)
 
 
 def _lattice_l1(l2: float, dim: int) -> float:
     """L1 bound of an integer vector with L2 norm <= l2 in dim coordinates."""
     return max(l2, min(math.sqrt(dim) * l2, l2 * l2))
+
+
+def _others(sigma_present: float, n_present: int) -> float:
+    """Std of the other ``n_present - 1`` equal shares when ``n_present`` shares have std ``sigma_present``."""
+    return sigma_present * math.sqrt((n_present - 1) / n_present)
 
 
 def _inner_event(mechanism: str, l2: float, sigma: float, dim: int, n: int) -> PrivacyEvent:
@@ -114,13 +116,23 @@ class RoundPrivacy:
     Attributes:
         sampling_rate: clients sampled / population, in (0, 1] (1.0: everyone takes part).
         l2_sensitivity: L2 bound of one client's (scaled, rounded) contribution, > 0.
-        sigma_present: per-coordinate std of all noise in the aggregate (survivors' shares).
-        sigma_guaranteed: per-coordinate std of the noise guaranteed against the server
-            (survivors' shares less the colluders'); <= sigma_present.
+        sigma_present: per-coordinate std of all noise in the aggregate: the ``n_present``
+            survivors' equal shares, ``sqrt(n_present) * sigma_client``.
+        sigma_guaranteed: per-coordinate std of the noise that protects one honest client
+            against the server: the ``n_guaranteed`` shares of the *other* honest survivors,
+            ``sqrt(n_guaranteed) * sigma_client`` (the
+            :attr:`dp.distributed.NoiseReport.sigma_guaranteed`).
         dim: number of coordinates.
-        n_present: surviving clients whose noise is in the aggregate (>= 1).
-        n_guaranteed: honest survivors (not colluding with the server), 0 <= n_guaranteed <= n_present.
+        n_present: surviving clients ``m`` whose noise is in the aggregate (>= 1).
+        n_guaranteed: shares that protect one honest client against the server,
+            ``m - 1 - c`` for ``c`` colluders (:attr:`dp.distributed.NoiseReport.shares_guaranteed`);
+            0 <= n_guaranteed <= n_present - 1.
         mechanism: ``"distributed_discrete_gaussian"``, ``"skellam"`` or ``"gaussian"``.
+
+    Share counting (add/remove-one-client adjacency): the protected client's own share
+    leaves together with its data, so the release event counts the other ``m - 1`` shares
+    (std ``sigma_present * sqrt((m - 1) / m)``) and the server event the ``n_guaranteed``
+    shares given here.
     """
 
     sampling_rate: float
@@ -133,19 +145,19 @@ class RoundPrivacy:
     mechanism: Mechanism = "distributed_discrete_gaussian"
 
     def __post_init__(self) -> None:
-        q = _real("sampling_rate", self.sampling_rate)
-        if not 0 < q <= 1:
-            raise DPValueError(f"sampling_rate must be in (0, 1], got {q}")
+        q = check_probability("sampling_rate", self.sampling_rate, allow_one=True)
         l2 = _real("l2_sensitivity", self.l2_sensitivity, positive=True)
         sp = _real("sigma_present", self.sigma_present)
         sg = _real("sigma_guaranteed", self.sigma_guaranteed)
-        if sg > sp * (1 + 1e-12):
-            raise DPValueError(f"sigma_guaranteed ({sg}) cannot exceed sigma_present ({sp})")
         d = _int("dim", self.dim, 1)
         n_p = _int("n_present", self.n_present, 1)
         n_g = _int("n_guaranteed", self.n_guaranteed, 0)
-        if n_g > n_p:
-            raise DPValueError(f"n_guaranteed ({n_g}) cannot exceed n_present ({n_p})")
+        if n_g > n_p - 1:
+            raise DPValueError(f"n_guaranteed ({n_g}) cannot exceed n_present - 1 ({n_p - 1}): the protected "
+                               "client's own share never protects it (add/remove adjacency)")
+        if sg > _others(sp, n_p) * (1 + 1e-12):
+            raise DPValueError(f"sigma_guaranteed ({sg}) cannot exceed the std of the other survivors' shares, "
+                               f"sigma_present * sqrt((n_present - 1) / n_present) = {_others(sp, n_p)}")
         if n_g == 0 and sg != 0:
             raise DPValueError("n_guaranteed is 0 (every survivor colludes), so sigma_guaranteed must be 0")
         if self.mechanism not in MECHANISMS:
@@ -155,8 +167,10 @@ class RoundPrivacy:
             object.__setattr__(self, name, value)
 
     def events(self) -> RoundEvents:
-        """release: PoissonSampled(rate, noise present); server: noise guaranteed, un-sampled."""
-        present = _inner_event(self.mechanism, self.l2_sensitivity, self.sigma_present, self.dim, self.n_present)
+        """release: PoissonSampled(rate, the other m - 1 survivors' shares); server: the guaranteed
+        ``n_guaranteed`` shares, un-sampled."""
+        present = _inner_event(self.mechanism, self.l2_sensitivity, _others(self.sigma_present, self.n_present),
+                               self.dim, self.n_present - 1)
         guaranteed = _inner_event(self.mechanism, self.l2_sensitivity, self.sigma_guaranteed, self.dim,
                                   self.n_guaranteed)
         return RoundEvents(PoissonSampledEvent(self.sampling_rate, present), guaranteed)
@@ -381,9 +395,11 @@ class ServerCalibration:
     Attributes:
         share_sigma: per-client noise std per coordinate (lattice units for the discrete
             mechanisms; for Skellam the share is Skellam(share_sigma^2 / 2)).
-        sigma_guaranteed: total std guaranteed at the target's operating point.
-        n_counted: shares counted at that point (honest survivors at the cohort floor for
-            the server target; all survivors at the floor for the release target).
+        sigma_guaranteed: std of the counted shares at the target's operating point,
+            ``share_sigma * sqrt(n_counted)``.
+        n_counted: shares that protect one client at that point (add/remove adjacency: the
+            client's own share never counts): ``cohort_floor - 1 - colluders`` for the
+            server target, ``cohort_floor - 1`` for the release target.
         epsilon: epsilon achieved after ``rounds`` rounds (<= the target).
         delta: delta.
         rounds: rounds.
@@ -421,10 +437,13 @@ def calibrate_for_server(
     By default the target is met against the aggregation server in the worst round the
     protocol accepts: only ``cohort_floor`` clients survive, ``colluders`` of them collude
     with the server, and there is no sampling amplification, so only the
-    ``cohort_floor - colluders`` honest shares count.  Every accepted round then satisfies
-    the target against the server, and the release figure is at least as good.  Pass
-    ``against="release"`` (with ``sampling_rate``) to target the release adversary instead
-    (all ``cohort_floor`` shares, with amplification); the returned ``note`` says which.
+    ``cohort_floor - 1 - colluders`` shares of the *other* honest survivors count (the
+    protected client's own share leaves with it under add/remove adjacency, and a colluder
+    subtracts its own).  Every accepted round then satisfies the target against the
+    server, and the release figure is at least as good.  Pass ``against="release"`` (with
+    ``sampling_rate``) to target the release adversary instead (the other
+    ``cohort_floor - 1`` survivors' shares, with amplification); the returned ``note``
+    says which.
 
     Args:
         target_epsilon: epsilon after ``rounds`` rounds.
@@ -432,7 +451,7 @@ def calibrate_for_server(
         rounds: number of rounds.
         l2_sensitivity: L2 bound of one client's scaled, rounded contribution (lattice units).
         dim: number of coordinates.
-        cohort_floor: fewest survivors the round accepts (>= 1).
+        cohort_floor: fewest survivors the round accepts (>= 2; >= colluders + 2 for the server).
         colluders: clients assumed to collude with the server.
         mechanism: noise mechanism.
         accountant: accountant name.
@@ -450,27 +469,27 @@ def calibrate_for_server(
     dimension = _int("dim", dim, 1)
     floor = _int("cohort_floor", cohort_floor, 1)
     bad = _int("colluders", colluders, 0)
-    if mechanism not in MECHANISMS:
-        raise DPValueError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}")
+    mechanism = check_choice("mechanism", mechanism, MECHANISMS)  # type: ignore[assignment]
+    check_choice("against", against, ("server", "release"))
     if against == "server":
-        n = floor - bad
+        n = floor - 1 - bad
         if n < 1:
-            raise DPValueError(f"colluders ({bad}) >= cohort_floor ({floor}): no noise is guaranteed against the "
-                               "server; raise the cohort floor or lower the assumed collusion")
+            raise DPValueError(f"cohort_floor ({floor}) - 1 - colluders ({bad}) = {n}: no noise is guaranteed against "
+                               "the server (a client's own share never protects it and colluders subtract theirs); "
+                               "need cohort_floor >= colluders + 2")
         q = 1.0
         note = (f"calibrated against the SERVER adversary at the cohort floor: {floor} survivors, {bad} colluding, "
-                f"so {n} honest shares count; no sampling amplification")
-    elif against == "release":
+                f"so the {n} shares of the other honest survivors count; no sampling amplification")
+    else:
         if sampling_rate is None:
             raise DPValueError("against='release' needs sampling_rate")
-        q = _real("sampling_rate", sampling_rate)
-        if not 0 < q <= 1:
-            raise DPValueError(f"sampling_rate must be in (0, 1], got {q}")
-        n = floor
+        q = check_probability("sampling_rate", sampling_rate, allow_one=True)
+        n = floor - 1
+        if n < 1:
+            raise DPValueError(f"cohort_floor ({floor}) must be >= 2: a client's own share never protects it")
         note = (f"calibrated against the RELEASE adversary (sampling rate {q:g}, amplification applies) at the "
-                f"cohort floor of {floor} survivors; the figure against the server is weaker")
-    else:
-        raise DPValueError(f"against must be 'server' or 'release', got {against!r}")
+                f"cohort floor of {floor} survivors, so the {n} shares of the other survivors count; the figure "
+                "against the server is weaker")
     make_accountant(accountant)
 
     def event(share: float) -> PrivacyEvent:
