@@ -29,8 +29,8 @@ import numpy as np
 import numpy.typing as npt
 
 from dp.errors import DPTypeError, DPValueError
+from dp.rand import RngLike
 from dp.samplers import sample_discrete_gaussian
-from secagg.rand import RngLike
 
 if TYPE_CHECKING:
     from dp.events import GaussianEvent

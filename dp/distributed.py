@@ -58,14 +58,13 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from dp._ring import centered_lift, check_bits, ring_dtype
 from dp.clipping import clip_l2
 from dp.errors import DPError, DPTypeError, DPValueError
 from dp.mechanisms import DiscreteGaussian, Skellam
+from dp.rand import RandomSource, RngLike, as_random_source
 from dp.rotation import DEFAULT_MAX_PADDING, BlockLayout, HadamardRotation, _check_int, block_layouts, choose_layout
 from dp.samplers import MAX_MU, MAX_SCALE
-from secagg.encoding import centered_lift
-from secagg.rand import RandomSource, RngLike, as_random_source
-from secagg.ring import check_bits, ring_dtype
 
 __all__ = [
     "AUTO_BITS_RANGE",

@@ -28,7 +28,7 @@ Floating-point mechanisms, for central DP: :class:`Gaussian` and :class:`Laplace
    ``Delta + grid sqrt(d)``, L1: ``Delta + grid d`` for ``d`` coordinates).
 
 Every ``sample``/``add_noise`` takes ``rng`` (default: a fresh AES-CTR CSPRNG, see
-:mod:`secagg.rand`).
+:mod:`dp.rand`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dp.errors import DPTypeError, DPValueError
+from dp.rand import RngLike, as_random_source
 from dp.samplers import (
     MAX_MU,
     MAX_SCALE,
@@ -54,7 +55,6 @@ from dp.samplers import (
     sample_discrete_laplace,
     sample_skellam,
 )
-from secagg.rand import RngLike, as_random_source
 
 __all__ = ["DiscreteGaussian", "DiscreteLaplace", "Gaussian", "Laplace", "Mechanism", "Skellam"]
 

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dp.errors import DPTypeError, DPValueError
-from secagg.rand import RandomSource
+from dp.rand import RandomSource
 
 __all__ = [
     "DEFAULT_MAX_PADDING",

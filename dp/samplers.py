@@ -15,7 +15,7 @@ that number.
 
 How exactness is achieved (the only place floating point is used)
 -----------------------------------------------------------------
-All randomness is drawn as uniform integers (from :class:`secagg.rand.RandomSource`). Every
+All randomness is drawn as uniform integers (from :class:`dp.rand.RandomSource`). Every
 random decision is either integer arithmetic (uniform integers in ``[0, t)`` by rejection,
 sign bits) or a comparison "``U < exp(-gamma)``" of a uniform real ``U`` in [0, 1) with an
 exponential, where ``gamma`` is an exact rational (discrete Laplace / Gaussian) or an exact
@@ -63,7 +63,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dp.errors import DPError, DPTypeError, DPValueError
-from secagg.rand import RandomSource, RngLike, as_random_source
+from dp.rand import RandomSource, RngLike, as_random_source
 
 __all__ = [
     "MAX_MU",
@@ -634,7 +634,7 @@ def sample_discrete_laplace(scale: float, size: Size, rng: RngLike = None) -> In
     Args:
         scale: the Laplace scale ``b`` (same units as the integers), in ``[2^-40, 2^40]``.
         size: output shape (int or tuple of ints).
-        rng: random source (default: a fresh AES-CTR CSPRNG); see :mod:`secagg.rand`.
+        rng: random source (default: a fresh AES-CTR CSPRNG); see :mod:`dp.rand`.
 
     Returns:
         ``int64`` array of shape ``size``. Variance ``2 q / (1 - q)^2``, ``q = exp(-1/scale)``.

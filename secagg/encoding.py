@@ -41,10 +41,11 @@ from typing import Any, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
+from dp import _ring
 from secagg.crypto.prg import _CHUNK_BYTES, _LITTLE, _PAD, _ZEROS_MV, SEED_SIZE, keystream
 from secagg.errors import HeadroomError, SecAggTypeError, SecAggValueError
 from secagg.rand import RngLike, as_random_source
-from secagg.ring import check_bits, ring_dtype, ring_mask
+from secagg.ring import check_bits, ring_dtype, ring_mask, secagg_errors
 
 __all__ = ["FixedPointEncoder", "Headroom", "centered_lift", "check_headroom"]
 
@@ -252,23 +253,10 @@ def check_headroom(
     )
 
 
-def centered_lift(v: npt.NDArray[Any], bits: int) -> npt.NDArray[np.int64]:
-    """Representative in ``[-2^(bits-1), 2^(bits-1))`` of each residue of ``v`` mod ``2^bits``.
-
-    ``v`` may have any integer dtype and shape; it is read modulo ``2^bits`` (two's
-    complement for signed inputs).  Returns a new ``int64`` array of the same shape.
-    """
-    bits = check_bits(bits)
-    if not isinstance(v, np.ndarray):
-        raise SecAggTypeError(f"v must be a numpy array, got {type(v).__name__}")
-    if v.dtype.kind not in "ui":
-        raise SecAggTypeError(f"v must have an integer dtype, got {v.dtype}")
-    if bits == 64:
-        return v.astype(np.uint64).view(np.int64) if v.dtype.itemsize == 8 else v.astype(np.int64)
-    x = v.astype(np.int64)  # wraps uint64 >= 2^63 to negative: same residue mod 2^bits
-    np.bitwise_and(x, np.int64(ring_mask(bits)), out=x)
-    x -= (x >> np.int64(bits - 1)) << np.int64(bits)
-    return x
+#: Representative in ``[-2^(bits-1), 2^(bits-1))`` of each residue mod ``2^bits``: the one
+#: implementation is :func:`dp._ring.centered_lift` (dp is the lower layer), re-exported
+#: with :mod:`secagg.errors` types by :func:`secagg.ring.secagg_errors`.
+centered_lift = secagg_errors(_ring.centered_lift)
 
 
 @dataclass(frozen=True)

@@ -1,136 +1,24 @@
-"""Injectable randomness.
+"""Injectable randomness: re-exported from :mod:`dp.rand` (see there for the ``rng`` rules).
 
-Every function in :mod:`secagg` and :mod:`dp` that needs randomness takes an ``rng``
-argument accepted by :func:`as_random_source`:
+``rng`` arguments throughout :mod:`secagg` accept ``None`` (a fresh AES-256-CTR CSPRNG keyed
+from ``os.urandom``), a ``bytes``/``int`` seed (deterministic, for known-answer tests
+only), a :class:`RandomSource`, or a :class:`numpy.random.Generator` (statistics only).
 
-* ``None`` (the default): a fresh :class:`RandomSource` keyed from ``os.urandom`` —
-  cryptographically secure;
-* ``bytes`` or ``int``: a deterministic :class:`RandomSource` derived from that seed, so
-  known-answer tests can replay exact transcripts (never use a guessable seed in
-  production);
-* a :class:`RandomSource`; or a :class:`numpy.random.Generator` (for statistics only:
-  numpy's generators are not cryptographic).
-
-:class:`RandomSource` is an AES-256-CTR keystream (OpenSSL through ``cryptography``),
-written straight into preallocated numpy buffers.
+Layering: :mod:`dp` is the lower layer and must not import :mod:`secagg`, so the one
+implementation lives in :mod:`dp.rand`.  :class:`RandomSource` and :data:`RngLike` here are
+the very same objects; :func:`as_random_source` is :func:`dp.rand.as_random_source` wrapped
+by :func:`secagg.ring.secagg_errors`, so a bad ``rng`` passed to :mod:`secagg` raises
+:class:`~secagg.errors.SecAggTypeError` / :class:`~secagg.errors.SecAggValueError`.
+Methods called directly on a :class:`RandomSource` raise :mod:`dp.errors` types (still
+``TypeError`` / ``ValueError`` subclasses).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-
-import numpy as np
-import numpy.typing as npt
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-from secagg.errors import SecAggTypeError, SecAggValueError
+from dp import rand as _rand
+from dp.rand import RandomSource, RngLike
+from secagg.ring import secagg_errors
 
 __all__ = ["RandomSource", "RngLike", "as_random_source"]
 
-_ZERO_NONCE = bytes(16)
-_BLOCK = 16
-
-
-class RandomSource:
-    """Cryptographically secure random source (AES-256-CTR keystream).
-
-    ``seed=None`` keys it from ``os.urandom(32)``; a ``bytes``/``int`` seed gives a
-    reproducible stream (for tests and known-answer vectors).
-    """
-
-    def __init__(self, seed: bytes | int | None = None) -> None:
-        if seed is None:
-            key = os.urandom(32)
-        elif isinstance(seed, bool):
-            raise SecAggTypeError("seed must be bytes, int or None, not bool")
-        elif isinstance(seed, int):
-            if seed < 0:
-                raise SecAggValueError("an int seed must be >= 0")
-            key = hashlib.sha256(b"secagg/rand/v1/int" + seed.to_bytes((seed.bit_length() + 8) // 8, "big")).digest()
-        elif isinstance(seed, (bytes, bytearray)):
-            key = hashlib.sha256(b"secagg/rand/v1/bytes" + bytes(seed)).digest()
-        else:
-            raise SecAggTypeError(f"seed must be bytes, int or None, got {type(seed).__name__}")
-        self._enc = Cipher(algorithms.AES(key), modes.CTR(_ZERO_NONCE)).encryptor()
-
-    def fill(self, out: npt.NDArray[np.generic]) -> None:
-        """Overwrite the C-contiguous array ``out`` with random bytes, in place."""
-        if not out.flags.c_contiguous:
-            raise SecAggValueError("fill needs a C-contiguous array")
-        view = out.reshape(-1).view(np.uint8)
-        if view.size == 0:
-            return
-        # update_into needs an output buffer block_size - 1 bytes longer than the input.
-        src = np.zeros(view.size, dtype=np.uint8)
-        dst = np.empty(view.size + _BLOCK - 1, dtype=np.uint8)
-        self._enc.update_into(memoryview(src), memoryview(dst))  # type: ignore[arg-type]
-        view[:] = dst[: view.size]
-
-    def bytes(self, n: int) -> bytes:
-        """``n`` random bytes."""
-        if n < 0:
-            raise SecAggValueError("n must be >= 0")
-        return self._enc.update(bytes(n))
-
-    def uint64(self, size: int | tuple[int, ...]) -> npt.NDArray[np.uint64]:
-        """Uniform ``uint64`` values of the given shape."""
-        out = np.empty(size, dtype=np.uint64)
-        self.fill(out)
-        return out
-
-    def random(self, size: int | tuple[int, ...]) -> npt.NDArray[np.float64]:
-        """Uniform floats in [0, 1) with 53 random bits each."""
-        return (self.uint64(size) >> np.uint64(11)).astype(np.float64) * (2.0**-53)
-
-    def integers(self, high: int, size: int | tuple[int, ...]) -> npt.NDArray[np.int64]:
-        """Exactly uniform integers in ``[0, high)``, ``1 <= high <= 2**62`` (rejection
-        sampling on the smallest covering power of two, so no modulo bias)."""
-        if not 1 <= high <= 1 << 62:
-            raise SecAggValueError(f"high must be in [1, 2**62], got {high}")
-        n = int(np.prod(size, dtype=np.int64)) if isinstance(size, tuple) else int(size)
-        nbits = max(1, (high - 1).bit_length())
-        mask = np.uint64((1 << nbits) - 1)
-        out = np.empty(n, dtype=np.int64)
-        filled = 0
-        while filled < n:
-            want = n - filled
-            draw = self.uint64(want + want // 2 + 8) & mask
-            ok = draw[draw < np.uint64(high)][:want]
-            out[filled : filled + ok.size] = ok.astype(np.int64)
-            filled += ok.size
-        return out.reshape(size)
-
-
-class _NumpySource(RandomSource):
-    """Adapter: a numpy ``Generator`` behind the :class:`RandomSource` interface."""
-
-    def __init__(self, gen: np.random.Generator) -> None:
-        self._gen = gen
-
-    def fill(self, out: npt.NDArray[np.generic]) -> None:
-        if not out.flags.c_contiguous:
-            raise SecAggValueError("fill needs a C-contiguous array")
-        view = out.reshape(-1).view(np.uint8)
-        view[:] = np.frombuffer(self._gen.bytes(view.size), dtype=np.uint8)
-
-    def bytes(self, n: int) -> bytes:
-        if n < 0:
-            raise SecAggValueError("n must be >= 0")
-        return self._gen.bytes(n)
-
-
-RngLike = RandomSource | np.random.Generator | bytes | int | None
-
-
-def as_random_source(rng: RngLike) -> RandomSource:
-    """Normalise an ``rng`` argument (see the module docstring) to a :class:`RandomSource`."""
-    if isinstance(rng, RandomSource):
-        return rng
-    if isinstance(rng, np.random.Generator):
-        return _NumpySource(rng)
-    if rng is None or isinstance(rng, (bytes, bytearray, int)):
-        return RandomSource(rng)
-    raise SecAggTypeError(
-        f"rng must be None, a seed (bytes/int), a RandomSource or a numpy Generator; got {type(rng).__name__}"
-    )
+as_random_source = secagg_errors(_rand.as_random_source)
