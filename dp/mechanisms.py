@@ -15,17 +15,18 @@ query:
 Floating-point mechanisms, for central DP: :class:`Gaussian` and :class:`Laplace`.
 
 .. warning::
-   With ``secure=False`` these draw textbook floating-point noise (Box-Muller; inverse-CDF
-   Laplace). Mironov (CCS 2012) showed that the set of floating-point numbers such noise
-   can produce depends on the true value, so an adversary can sometimes read the true value
-   off the low-order bits of a single output, destroying the guarantee. Use them only for
-   simulations and utility studies. ``secure=True`` removes the attack: the noise is an
-   exact discrete Gaussian / Laplace on the grid ``grid Z`` (``grid`` a power of two about
-   ``2^-grid_bits`` times sigma or scale), :meth:`Gaussian.add_noise` first rounds the
-   query value to the same grid, and every output is an exactly representable grid point,
-   so the set of possible outputs does not depend on the input. The privacy cost of the
-   rounding: the sensitivity grows by at most one grid step per coordinate (L2:
-   ``Delta + grid sqrt(d)``, L1: ``Delta + grid d`` for ``d`` coordinates).
+   They default to ``secure=True``. With ``secure=False`` they draw textbook floating-point
+   noise (Box-Muller; inverse-CDF Laplace). Mironov (CCS 2012) showed that the set of
+   floating-point numbers such noise can produce depends on the true value, so an adversary
+   can sometimes read the true value off the low-order bits of a single output, destroying
+   the guarantee. Use them only for simulations and utility studies. ``secure=True``
+   removes the attack: the noise is an exact discrete Gaussian / Laplace on the grid ``grid
+   Z`` (``grid`` a power of two about ``2^-grid_bits`` times sigma or scale),
+   :meth:`Gaussian.add_noise` first rounds the query value to the same grid, and every
+   output is an exactly representable grid point, so the set of possible outputs does not
+   depend on the input. The privacy cost of the rounding: the sensitivity grows by at most
+   one grid step per coordinate (L2: ``Delta + grid sqrt(d)``, L1: ``Delta + grid d`` for
+   ``d`` coordinates).
 
 Every ``sample``/``add_noise`` takes ``rng`` (default: a fresh AES-CTR CSPRNG, see
 :mod:`dp.rand`).
@@ -327,9 +328,9 @@ class Gaussian:
 
     Args:
         sigma: standard deviation (same units as the query), in ``[2^-40, 2^40]``.
-        secure: ``False`` (default): floating-point Box-Muller noise -- vulnerable to
-            Mironov's floating-point attack, for simulation only. ``True``: exact discrete
-            Gaussian on the grid ``grid Z`` (see :attr:`grid`); outputs are grid points.
+        secure: ``True`` (default): exact discrete Gaussian on the grid ``grid Z`` (see
+            :attr:`grid`); outputs are grid points. ``False``: floating-point Box-Muller
+            noise -- vulnerable to Mironov's floating-point attack, for simulation only.
         grid_bits: grid fineness in secure mode: ``grid = 2^(floor(log2 sigma) - grid_bits)``.
 
     Protects (secure mode): a query with L2 sensitivity ``Delta`` whose value is rounded to
@@ -340,7 +341,7 @@ class Gaussian:
     """
 
     sigma: float
-    secure: bool = False
+    secure: bool = True
     grid_bits: int = 20
 
     def __post_init__(self) -> None:
@@ -423,9 +424,9 @@ class Laplace:
 
     Args:
         scale: in ``[2^-40, 2^40]`` (query units).
-        secure: ``False`` (default): textbook inverse-CDF floating-point noise, the exact
-            construction Mironov (2012) attacked -- simulation only. ``True``: exact discrete
-            Laplace on the grid ``grid Z`` (see :attr:`grid`).
+        secure: ``True`` (default): exact discrete Laplace on the grid ``grid Z`` (see
+            :attr:`grid`). ``False``: textbook inverse-CDF floating-point noise, the exact
+            construction Mironov (2012) attacked -- simulation only.
         grid_bits: grid fineness in secure mode: ``grid = 2^(floor(log2 scale) - grid_bits)``.
 
     Protects (secure mode): a query with L1 sensitivity ``Delta``, rounded to the grid by
@@ -433,7 +434,7 @@ class Laplace:
     """
 
     scale: float
-    secure: bool = False
+    secure: bool = True
     grid_bits: int = 20
 
     def __post_init__(self) -> None:

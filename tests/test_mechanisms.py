@@ -122,7 +122,7 @@ def test_skellam_sum_of_shares_is_skellam() -> None:
 
 @pytest.mark.parametrize("sigma", [1e-3, 1.0, 42.0])
 def test_gaussian_float_ks(sigma: float) -> None:
-    g = Gaussian(sigma)
+    g = Gaussian(sigma, secure=False)
     x = g.sample(100_001, rng=7)
     assert x.dtype == np.float64 and x.shape == (100_001,)
     assert stats.kstest(x, stats.norm(scale=sigma).cdf).pvalue > ALPHA
@@ -133,7 +133,7 @@ def test_gaussian_float_ks(sigma: float) -> None:
 
 @pytest.mark.parametrize("scale", [0.2, 3.0])
 def test_laplace_float_ks(scale: float) -> None:
-    lap = Laplace(scale)
+    lap = Laplace(scale, secure=False)
     x = lap.sample((300, 300), rng=8)
     assert x.shape == (300, 300)
     assert stats.kstest(x.ravel(), stats.laplace(scale=scale).cdf).pvalue > ALPHA
@@ -182,13 +182,24 @@ def test_secure_pmf_on_grid() -> None:
     with pytest.raises(DPValueError):
         g.pdf(0.0)
     with pytest.raises(DPValueError):
-        Gaussian(1.0).pmf(0.0)
+        Gaussian(1.0, secure=False).pmf(0.0)
     with pytest.raises(DPValueError):
-        Laplace(1.0).pmf(0.0)
+        Laplace(1.0, secure=False).pmf(0.0)
     with pytest.raises(DPValueError):
         Laplace(1.0, secure=True).pdf(0.0)
     lp = Laplace(1.0, secure=True, grid_bits=2)
     assert math.fsum(lp.pmf(np.arange(-400, 401) * 0.25)) == pytest.approx(1.0, abs=1e-12)  # type: ignore[arg-type]
+
+
+def test_continuous_mechanisms_default_to_the_secure_sampler() -> None:
+    """Mironov 2012: floating-point noise is attackable, so secure grid noise is the default."""
+    for mech in (Gaussian(1.0), Laplace(1.0)):
+        assert mech.secure is True
+        assert mech.grid is not None
+        y = mech.add_noise(np.array([0.3, -1.25]), rng=1)
+        assert np.array_equal(y / mech.grid, np.round(y / mech.grid))  # every output is a grid point
+    assert Gaussian(1.0) == Gaussian(1.0, secure=True)
+    assert Laplace(1.0) == Laplace(1.0, secure=True)
 
 
 def test_add_noise_errors_and_float_mode() -> None:
@@ -198,10 +209,10 @@ def test_add_noise_errors_and_float_mode() -> None:
     with pytest.raises(DPValueError):
         g.add_noise(np.array([1.0, math.nan]))
     with pytest.raises(DPValueError):
-        Gaussian(1.0).add_noise([math.inf])
+        Gaussian(1.0, secure=False).add_noise([math.inf])
     with pytest.raises(DPTypeError):
-        Gaussian(1.0).add_noise(np.array(["a"]))
-    y = Gaussian(0.5).add_noise(np.zeros((4, 5)), rng=3)
+        Gaussian(1.0, secure=False).add_noise(np.array(["a"]))
+    y = Gaussian(0.5, secure=False).add_noise(np.zeros((4, 5)), rng=3)
     assert y.shape == (4, 5) and y.std() > 0
 
 
@@ -221,14 +232,14 @@ def test_frozen_equal_hashable() -> None:
     assert DiscreteGaussian(2) == DiscreteGaussian(2.0)
     assert isinstance(DiscreteGaussian(2).sigma, float)
     assert hash(Skellam(3.0)) == hash(Skellam(3))
-    assert Gaussian(1.0) != Gaussian(1.0, secure=True)
+    assert Gaussian(1.0, secure=False) != Gaussian(1.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         DiscreteGaussian(2.0).sigma = 3.0  # type: ignore[misc]
 
 
 def test_reproducible_samples() -> None:
-    for mech in (DiscreteGaussian(3.0), DiscreteLaplace(3.0), Skellam(3.0), Gaussian(3.0), Laplace(3.0),
-                 Gaussian(3.0, secure=True), Laplace(3.0, secure=True)):
+    for mech in (DiscreteGaussian(3.0), DiscreteLaplace(3.0), Skellam(3.0), Gaussian(3.0, secure=False),
+                 Laplace(3.0, secure=False), Gaussian(3.0), Laplace(3.0)):
         a = mech.sample(64, rng=b"seed")
         b = mech.sample(64, rng=b"seed")
         assert np.array_equal(a, b)
