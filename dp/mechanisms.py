@@ -19,9 +19,9 @@ Floating-point mechanisms, for central DP: :class:`Gaussian` and :class:`Laplace
    noise (Box-Muller; inverse-CDF Laplace). Mironov (CCS 2012) showed that the set of
    floating-point numbers such noise can produce depends on the true value, so an adversary
    can sometimes read the true value off the low-order bits of a single output, destroying
-   the guarantee. Use them only for simulations and utility studies. ``secure=True``
-   removes the attack: the noise is an exact discrete Gaussian / Laplace on the grid ``grid
-   Z`` (``grid`` a power of two about ``2^-grid_bits`` times sigma or scale),
+   the guarantee. Use ``secure=False`` only for simulations and utility studies. ``secure=True``
+   removes the attack: the noise is an exact discrete Gaussian / Laplace on the grid
+   ``grid Z`` (``grid`` a power of two about ``2^-grid_bits`` times sigma or scale),
    :meth:`Gaussian.add_noise` first rounds the query value to the same grid, and every
    output is an exactly representable grid point, so the set of possible outputs does not
    depend on the input. The privacy cost of the rounding: the sensitivity grows by at most
