@@ -16,15 +16,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from secagg.benchmarks.baselines import (
+from secagg.benchmarks import (
+    BenchConfig,
     flower_available,
     flower_grid_vector,
     keystream_bound,
     mask_bytes,
+    measure,
     plaintext_sum,
     run_flower_round,
 )
-from secagg.benchmarks.sweep import BenchConfig, measure
 from secagg.simulate import simulate_round
 
 N = int(os.environ.get("SECAGG_BENCH_N", "20"))

@@ -17,27 +17,27 @@ import numpy as np
 import pytest
 
 from secagg import cli
-from secagg.benchmarks.baselines import (
+from secagg.benchmarks import (
     FLOWER_CLIP,
     FLOWER_GRID,
-    flower_available,
-    flower_grid_vector,
-    keystream_bound,
-    mask_bytes,
-    plaintext_sum,
-    run_flower_round,
-)
-from secagg.benchmarks.output import read_rows_csv, write_outputs
-from secagg.benchmarks.privacy_utility import load_quality_ratio, privacy_utility_rows
-from secagg.benchmarks.sweep import (
     BenchConfig,
     BenchRow,
+    QualityResult,
     check_targets,
     fit_scaling,
+    flower_available,
+    flower_grid_vector,
     grid,
+    keystream_bound,
+    mask_bytes,
     measure,
+    plaintext_sum,
+    privacy_utility_rows,
+    read_rows_csv,
+    run_flower_round,
     run_sweep,
     sweep_steps,
+    write_outputs,
 )
 from secagg.commands.bench import _extra, _int_like
 from secagg.errors import SecAggValueError
@@ -261,8 +261,6 @@ def test_targets_are_evaluated_from_rows_not_constants() -> None:
 
 
 def test_privacy_rows_match_central_gaussian_at_16_bits() -> None:
-    if load_quality_ratio() is None:
-        pytest.skip("bench/bench_distributed.py not in this tree")
     rows = privacy_utility_rows(bits=(16,), mechanisms=("discrete_gaussian",), rounds=(1,), clients=10, dim=4096)
     (r,) = rows
     assert r.status == "ok"
@@ -276,11 +274,10 @@ def test_privacy_rows_match_central_gaussian_at_16_bits() -> None:
     assert r.ratio_server is not None and 0.85 < r.ratio_server < 1.2
 
 
-def test_privacy_rows_report_infeasible_widths_and_missing_measurement(tmp_path: Path) -> None:
-    assert load_quality_ratio(tmp_path / "missing.py") is None
+def test_privacy_rows_report_infeasible_widths() -> None:
     calls: list[int] = []
 
-    def fake_quality(bits: int, **kw: object) -> object:
+    def fake_quality(bits: int, **kw: object) -> QualityResult:
         calls.append(bits)
         raise AssertionError("must not be called for an infeasible width")
 
@@ -303,9 +300,9 @@ def test_int_like_parses_powers() -> None:
 def test_bench_command_writes_files_and_says_when_flower_is_absent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import secagg.benchmarks.baselines as baselines
+    import secagg.benchmarks
 
-    monkeypatch.setattr(baselines, "flower_available", lambda: False)
+    monkeypatch.setattr(secagg.benchmarks, "flower_available", lambda: False)
     out = tmp_path / "res"
     rc = cli.main(["bench", "--clients", "5", "--dims", "100", "--dropouts", "0", "--graphs", "auto", "--in-process",
                    "--no-privacy", "--no-plots", "--budget", "120", "--out", str(out)])

@@ -59,7 +59,7 @@ def _extra(text: str) -> tuple[int, int, float, str, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``secagg bench``."""
-    from secagg.benchmarks.sweep import GRAPHS
+    from secagg.benchmarks import GRAPHS
     from secagg.simulate import STAGES
 
     g = parser.add_argument_group("grid")
@@ -159,18 +159,19 @@ class _Bar:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep and the privacy-utility rows; write and print the results."""
-    from secagg.benchmarks.baselines import flower_available
-    from secagg.benchmarks.output import markdown_report, write_outputs
-    from secagg.benchmarks.privacy_utility import privacy_utility_rows
-    from secagg.benchmarks.sweep import (
+    from secagg.benchmarks import (
         BenchConfig,
         BenchRow,
         check_targets,
         fit_scaling,
+        flower_available,
         grid,
         machine_info,
+        markdown_report,
+        privacy_utility_rows,
         run_sweep,
         sweep_steps,
+        write_outputs,
     )
     from secagg.errors import SecAggError
 

@@ -1,28 +1,19 @@
-"""Baselines a secure-aggregation round is measured against, in the same run.
+"""Baseline (c): Flower's SecAgg+ (``flwr`` 1.41, the ``flower`` extra) on the same workload.
 
-(a) :func:`plaintext_sum`: numpy summation of the same vectors (no security at all).
-
-(b) :func:`keystream_bound`: the time OpenSSL's AES-128-CTR, the mask PRG's cipher
-    (:func:`secagg.crypto.prg.keystream`, through ``cryptography``, ``update_into`` a
-    preallocated buffer, the fastest path), needs to produce the mask bytes a round
-    generates (:func:`mask_bytes`).  No masking protocol built on that PRG can be faster
-    than that on the same core.
-
-(c) :func:`run_flower_round`: Flower's SecAgg+ (``flwr`` 1.41, the ``flower`` extra)
-    on the same workload, driven in one process through Flower's *own* functions:
-    P-384 key pairs and PEM serialisation (``flwr.supercore.primitives.asymmetric``),
-    ``create_shares``/``combine_shares`` (``flwr.common.secure_aggregation.crypto.shamir``),
-    ``generate_shared_key``/``encrypt``/``decrypt`` (Fernet), ``quantize``/``dequantize``,
-    ``pseudo_rand_gen`` and the ``parameters_*`` arithmetic, ``ndarray_to_bytes``.  The
-    driver calls them in the order of ``flwr.client.mod.secure_aggregation.secaggplus_mod``
-    (client) and ``flwr.server.workflow.secure_aggregation.secaggplus_workflow``
-    (server), stage by stage, including Flower's checks and its halting rules; only the
-    transport (gRPC, records, SuperLink) is left out, so the figure is a lower bound on a
-    Flower deployment's cost.  No Flower code is copied here: every step is a call.
+:func:`run_flower_round` drives one round in one process through Flower's *own*
+functions: P-384 key pairs and PEM serialisation (``flwr.supercore.primitives.asymmetric``),
+``create_shares``/``combine_shares`` (``flwr.common.secure_aggregation.crypto.shamir``),
+``generate_shared_key``/``encrypt``/``decrypt`` (Fernet), ``quantize``/``dequantize``,
+``pseudo_rand_gen`` and the ``parameters_*`` arithmetic, ``ndarray_to_bytes``.  The
+driver calls them in the order of ``flwr.client.mod.secure_aggregation.secaggplus_mod``
+(client) and ``flwr.server.workflow.secure_aggregation.secaggplus_workflow`` (server),
+stage by stage, including Flower's checks and its halting rules; only the transport
+(gRPC, records, SuperLink) is left out, so the figure is a lower bound on a Flower
+deployment's cost.  No Flower code is copied here: every step is a call.
 
 Threat assumptions: none; these are measurements.  Flower's masks come from numpy's
 MT19937 seeded with a 32-bit fold of the key (not a cryptographic PRG); it is measured
-as it is.
+as it is.  Importing this module does not import ``flwr``.
 """
 
 from __future__ import annotations
@@ -37,10 +28,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from secagg.crypto.prg import keystream
-from secagg.errors import SecAggTypeError, SecAggValueError
+from secagg.benchmarks._validate import check_int, check_stage_ids
 from secagg.rand import RngLike, as_random_source
-from secagg.simulate import STAGES, RoundResult
+from secagg.simulate import STAGES
 
 __all__ = [
     "FLOWER_CLIP",
@@ -49,14 +39,9 @@ __all__ = [
     "FLOWER_MOD_RANGE",
     "FLOWER_QUANT_RANGE",
     "FlowerRound",
-    "KeystreamBound",
-    "PlaintextSum",
     "flower_available",
     "flower_grid_vector",
     "flower_version",
-    "keystream_bound",
-    "mask_bytes",
-    "plaintext_sum",
     "run_flower_round",
 ]
 
@@ -68,138 +53,6 @@ FLOWER_MAX_WEIGHT = 1000.0
 #: Inputs on this grid (multiples of 2^-18 in [-1, 1]) quantize exactly, so the driver can
 #: check Flower's unmasked integer sum (stochastic rounding has nothing to round).
 FLOWER_GRID = 1 << 18
-
-_CHUNK = 1 << 18  # 256 KiB of keystream per update_into (as secagg.crypto.prg.Masker)
-_PAD = 15
-
-
-# ------------------------------------------------------------------------------- (a) plaintext
-
-
-@dataclass(frozen=True)
-class PlaintextSum:
-    """Result of :func:`plaintext_sum`.
-
-    Attributes:
-        total: the sum (mod 2^32 for uint32 vectors, mod 2^64 for uint64), shape (d,).
-        seconds: time spent in the additions only (producing the vectors is not timed),
-            by the clock given to :func:`plaintext_sum`.
-        count: vectors summed.
-    """
-
-    total: npt.NDArray[Any] = field(repr=False)
-    seconds: float
-    count: int
-
-
-def plaintext_sum(
-    vectors: Iterable[npt.NDArray[Any]], *, clock: Callable[[], float] = time.perf_counter
-) -> PlaintextSum:
-    """Sum 1-D unsigned integer vectors with ``np.add(acc, v, out=acc)`` (wrapping), timing
-    only the additions with ``clock`` (``time.perf_counter`` = wall clock,
-    ``time.process_time`` = CPU time of this process).
-
-    Raises:
-        SecAggValueError: no vectors, or vectors of different shapes or dtypes.
-    """
-    acc: npt.NDArray[Any] | None = None
-    seconds, count = 0.0, 0
-    for v in vectors:
-        if acc is None:
-            if v.ndim != 1 or v.dtype.kind != "u":
-                raise SecAggValueError(f"vectors must be 1-D unsigned integer arrays, got {v.dtype} {v.shape}")
-            acc = np.zeros_like(v)
-        elif v.shape != acc.shape or v.dtype != acc.dtype:
-            raise SecAggValueError(f"all vectors must be {acc.dtype} {acc.shape}, got {v.dtype} {v.shape}")
-        t0 = clock()
-        np.add(acc, v, out=acc)
-        seconds += clock() - t0
-        count += 1
-    if acc is None:
-        raise SecAggValueError("plaintext_sum needs at least one vector")
-    return PlaintextSum(acc, seconds, count)
-
-
-# ------------------------------------------------------------------------ (b) keystream bound
-
-
-@dataclass(frozen=True)
-class KeystreamBound:
-    """Result of :func:`keystream_bound`.
-
-    Attributes:
-        nbytes: mask bytes the bound is for.
-        seconds: ``nbytes / bytes_per_second``: the wall-clock time of the mask PRG's
-            cipher (AES-128-CTR) for them.
-        bytes_per_second: best measured wall-clock throughput (one core).
-        measured_bytes: keystream bytes actually produced per repetition (the throughput
-            is measured on ``min(nbytes, sample_bytes)`` and scaled linearly).
-        cpu_seconds: the same in CPU time of this process (``time.process_time``), which
-            other processes on a shared machine disturb much less.
-        cpu_bytes_per_second: best throughput per CPU second.
-    """
-
-    nbytes: int
-    seconds: float
-    bytes_per_second: float
-    measured_bytes: int
-    cpu_seconds: float = 0.0
-    cpu_bytes_per_second: float = 0.0
-
-
-def keystream_bound(nbytes: int, *, sample_bytes: int = 1 << 27, repeats: int = 3) -> KeystreamBound:
-    """Time the mask PRG's cipher (OpenSSL AES-128-CTR) producing ``nbytes`` of keystream.
-
-    The keystream is written with ``update_into`` into one preallocated 256 KiB buffer
-    (no allocation), the best case for any AES-CTR PRG in Python.  Throughput is the best
-    of ``repeats`` runs over ``min(nbytes, sample_bytes)`` bytes; for larger ``nbytes``
-    the time is scaled linearly (AES-CTR cost is linear in the bytes).
-
-    Raises:
-        SecAggValueError: negative ``nbytes`` or non-positive ``sample_bytes``/``repeats``.
-    """
-    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
-        raise SecAggTypeError(f"nbytes must be an int, got {type(nbytes).__name__}")
-    if nbytes < 0 or sample_bytes < 1 or repeats < 1:
-        raise SecAggValueError("need nbytes >= 0, sample_bytes >= 1 and repeats >= 1")
-    sample = max(_CHUNK, min(int(nbytes), sample_bytes))
-    zeros = memoryview(bytes(_CHUNK))
-    out = memoryview(bytearray(_CHUNK + _PAD))
-    best = best_cpu = float("inf")
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        enc = keystream(bytes(32))  # the exact cipher the masks use (AES-128-CTR)
-        left = sample
-        while left > 0:
-            m = min(_CHUNK, left)
-            enc.update_into(zeros[:m], out[: m + _PAD])
-            left -= m
-        best = min(best, time.perf_counter() - t0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-    rate = sample / max(best, 1e-9)
-    cpu_rate = sample / max(best_cpu, 1e-6)
-    return KeystreamBound(int(nbytes), int(nbytes) / rate, rate, sample, int(nbytes) / cpu_rate, cpu_rate)
-
-
-def mask_bytes(result: RoundResult) -> int:
-    """PRG output bytes a finished round generated (clients plus server).
-
-    Clients: every client whose masked input arrived expanded one self mask and one
-    pairwise mask per neighbour that shared keys.  Server: one self mask per survivor, and
-    one pairwise mask per (recovered dropped client, surviving neighbour).  Each mask is
-    ``d`` words of 4 bytes (``bits <= 32``) or 8 bytes.
-    """
-    item = 4 if result.bits <= 32 else 8
-    before = set(result.dropped.get("advertise_keys", ())) | set(result.dropped.get("share_keys", ()))
-    sharing = {u for u in result.graph if u not in before}
-    survivors = set(result.survivors)
-    masks = sum(1 + len(result.graph.get(u, frozenset()) & sharing) for u in survivors)
-    masks += len(survivors)
-    masks += sum(len(result.graph.get(v, frozenset()) & survivors) for v in result.recovered)
-    return masks * result.d * item
-
-
-# ------------------------------------------------------------------------------- (c) Flower
 
 
 def flower_available() -> bool:
@@ -440,21 +293,6 @@ class _Timer:
         return now
 
 
-def _check_dropouts(dropouts: Mapping[str, Iterable[int]] | None, n: int) -> dict[str, frozenset[int]]:
-    out = {s: frozenset[int]() for s in STAGES}
-    if dropouts is None:
-        return out
-    unknown = sorted(str(k) for k in dropouts if k not in STAGES)
-    if unknown:
-        raise SecAggValueError(f"unknown dropout stage(s) {unknown}; use {list(STAGES)}")
-    for s in STAGES:
-        ids = frozenset(int(i) for i in dropouts.get(s, ()))
-        if any(not 0 <= i < n for i in ids):
-            raise SecAggValueError(f"dropouts[{s!r}] must hold client indices in [0, {n})")
-        out[s] = ids
-    return out
-
-
 def run_flower_round(
     n: int,
     d: int,
@@ -493,7 +331,7 @@ def run_flower_round(
             ``time.process_time``: CPU time of this process, all threads).
 
     Raises:
-        SecAggValueError: bad arguments.
+        SecAggTypeError, SecAggValueError: bad arguments.
         ModuleNotFoundError: ``flwr`` is not installed (``pip install secagg[flower]``).
     """
     if not flower_available():
@@ -512,16 +350,15 @@ def run_flower_round(
     from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
     from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
-    if n < 3 or d < 1:
-        raise SecAggValueError(f"need n >= 3 and d >= 1, got n={n}, d={d}")
-    if neighbors is not None and neighbors < 2:
-        raise SecAggValueError(f"neighbors must be >= 2 or None, got {neighbors}")
-    drop = _check_dropouts(dropouts, n)
+    n = check_int(n, "n", 3)
+    d = check_int(d, "d", 1)
+    if neighbors is not None:
+        neighbors = check_int(neighbors, "neighbors", 2)
+    drop = check_stage_ids(dropouts, n, STAGES)
     src = as_random_source(rng)
     get = inputs if inputs is not None else (lambda i: flower_grid_vector(d, src))
     num_shares = n if neighbors is None or neighbors + 1 >= n else neighbors + 1
-    if not 2 <= threshold < num_shares:
-        raise SecAggValueError(f"threshold must be in [2, {num_shares}), got {threshold}")
+    threshold = check_int(threshold, "threshold", 2, num_shares - 1)
 
     # Node ids: random 63-bit, like SuperLink's; sample order = index order.
     ids: list[int] = []

@@ -5,9 +5,9 @@ For each mechanism (distributed discrete Gaussian, Kairouz, Liu, Steinke 2021; S
 Agarwal, Kairouz, Liu 2021) and ring width (12 to 20 bits):
 
 1. the mean squared error per coordinate of the decoded SUM of ``clients`` clipped
-   updates is measured by the project's quality-bar function
-   ``quality_ratio`` (``bench/bench_distributed.py``: clip, rotate, scale, round,
-   add each client's noise share, sum mod 2^bits, decode), with the plan
+   updates is measured by the quality-bar function
+   :func:`~secagg.benchmarks.quality_ratio` (clip, rotate, scale, round, add each
+   client's noise share, sum mod 2^bits, decode), with the plan
    ``plan_distributed(clients_expected=clients, min_clients=clients, colluders=0, ...)``;
 2. the plan's :meth:`~dp.distributed.DistributedPlan.noise_report` for a round where all
    clients survive gives the noise present and guaranteed, and
@@ -28,29 +28,28 @@ the discrete sum.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from dp.accountants import make_accountant
 from dp.calibration import calibrate_noise_multiplier
-from dp.distributed import plan_distributed
+from dp.distributed import Mechanism, plan_distributed
 from dp.errors import DPError
 from dp.tracker import PrivacyTracker
-from secagg.errors import SecAggValueError
+from secagg.benchmarks._quality import QualityResult, quality_ratio
+from secagg.benchmarks._validate import check_choices, check_fraction, check_int
 from secagg.rounds import round_privacy
 
-__all__ = ["MECHANISMS", "PrivacyUtilityRow", "load_quality_ratio", "privacy_utility_rows"]
+__all__ = ["MECHANISMS", "PrivacyUtilityRow", "QualityFn", "privacy_utility_rows"]
 
 #: Plan mechanism name -> tracker mechanism name.
 MECHANISMS: dict[str, str] = {"discrete_gaussian": "distributed_discrete_gaussian", "skellam": "skellam"}
 
-QualityFn = Callable[..., Any]
+#: The MSE measurement, :func:`~secagg.benchmarks.quality_ratio` or a stand-in with its signature.
+QualityFn = Callable[..., QualityResult]
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ class PrivacyUtilityRow:
         mse_central_server, mse_central_release: ``(z * clip_norm)^2``.
         ratio_server, ratio_release: ``mse_distributed / mse_central``.
         upload_bytes: one client's packed vector.
-        status: ``"ok"``, ``"infeasible"`` (no plan at these bits) or ``"skipped"``.
+        status: ``"ok"`` or ``"infeasible"`` (no plan at these bits).
         note: reason for a non-ok status.
         seconds: measurement time.
     """
@@ -110,31 +109,6 @@ class PrivacyUtilityRow:
         return asdict(self)
 
 
-def load_quality_ratio(path: str | Path | None = None) -> QualityFn | None:
-    """``quality_ratio`` from the source tree's ``bench/bench_distributed.py`` (the dp-ddp
-    quality-bar function, reused rather than duplicated), or None when the file is not
-    there (an installed package without the source tree)."""
-    if path is None:
-        import secagg
-
-        path = Path(secagg.__file__).resolve().parent.parent / "bench" / "bench_distributed.py"
-    p = Path(path)
-    if not p.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location("secagg_bench_distributed", p)
-    if spec is None or spec.loader is None:
-        return None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(module)
-    except Exception:
-        sys.modules.pop(spec.name, None)
-        raise
-    fn = getattr(module, "quality_ratio", None)
-    return fn if callable(fn) else None
-
-
 def _epsilon(event: Any, rounds: int, delta: float) -> float:
     acc = make_accountant("rdp")
     acc.compose(event, rounds)
@@ -169,21 +143,18 @@ def privacy_utility_rows(
         sampling_rate: client sampling rate for the release epsilon, in (0, 1].
         delta: delta.
         seed: seed of the synthetic updates and the noise.
-        quality: the MSE measurement (default :func:`load_quality_ratio`); without it every
-            row is ``"skipped"``.
+        quality: the MSE measurement (default :func:`~secagg.benchmarks.quality_ratio`).
         progress: called with each row.
 
     Raises:
-        SecAggValueError: unknown mechanism or bad numbers.
+        SecAggTypeError, SecAggValueError: unknown mechanism or bad numbers.
     """
-    mechs = list(mechanisms)
-    bad = [m for m in mechs if m not in MECHANISMS]
-    if bad:
-        raise SecAggValueError(f"unknown mechanism(s) {bad}; use {list(MECHANISMS)}")
-    rounds_list = [int(r) for r in rounds]
-    if any(r < 1 for r in rounds_list) or clients < 2 or dim < 1 or not 0 < sampling_rate <= 1:
-        raise SecAggValueError("need rounds >= 1, clients >= 2, dim >= 1 and sampling_rate in (0, 1]")
-    fn = quality if quality is not None else load_quality_ratio()
+    mechs = [cast("Mechanism", m) for m in check_choices(mechanisms, "mechanism(s)", MECHANISMS)]
+    rounds_list = [check_int(r, "rounds", 1) for r in rounds]
+    clients = check_int(clients, "clients", 2)
+    dim = check_int(dim, "dim", 1)
+    sampling_rate = check_fraction(sampling_rate, "sampling_rate", closed=True)
+    measure_quality = quality if quality is not None else quality_ratio
     rows: list[PrivacyUtilityRow] = []
 
     def emit(row: PrivacyUtilityRow) -> None:
@@ -203,18 +174,13 @@ def privacy_utility_rows(
                 "noise_multiplier": float(noise_multiplier),
                 "clip_norm": float(clip_norm),
             }
-            if fn is None:
-                for r in rounds_list:
-                    emit(PrivacyUtilityRow(rounds=r, status="skipped", **common,
-                                           note="bench/bench_distributed.py (quality_ratio) not found"))
-                continue
             t0 = time.perf_counter()
             try:
                 plan = plan_distributed(clients_expected=clients, min_clients=clients, colluders=0, dim=dim,
                                         clip_norm=clip_norm, noise_multiplier=noise_multiplier,
-                                        mechanism=mech, bits=int(b))  # type: ignore[arg-type]
-                q = fn(int(b), clients=clients, dim=dim, clip_norm=clip_norm, noise_multiplier=noise_multiplier,
-                       mechanism=mech, seed=seed)
+                                        mechanism=mech, bits=int(b))
+                q = measure_quality(int(b), clients=clients, dim=dim, clip_norm=clip_norm,
+                                    noise_multiplier=noise_multiplier, mechanism=mech, seed=seed)
             except DPError as exc:
                 for r in rounds_list:
                     emit(PrivacyUtilityRow(rounds=r, status="infeasible", note=str(exc), **common))
