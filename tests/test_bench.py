@@ -196,6 +196,17 @@ def test_measure_times_in_cpu_seconds_and_restores_the_simulator_clock() -> None
     assert wall.clock == "wall" and wall.total_s is not None and wall.total_s <= (wall.wall_round_s or 0) * 1.01
 
 
+def test_every_timing_of_the_round_comes_from_the_benchmark_clock() -> None:
+    # measure() times our round by the clock it is given (CPU seconds by default); a part of
+    # the round that read another clock would mix CPU and wall seconds in one figure.
+    from secagg.benchmarks._measure import _simulator_clock
+
+    with _simulator_clock(lambda: 0.0) as name:
+        res = simulate_round(np.zeros((5, 16), dtype=np.uint32), neighbors="all", seed=1)
+    assert name == "cpu"
+    assert all(v == 0.0 for stage in res.timings.values() for v in stage.values()), res.timings
+
+
 def test_measure_reports_refused_parameters() -> None:
     # k = 20 cannot protect 100 clients against 30% dropouts: the library refuses, the row says so.
     row = measure(BenchConfig(100, 10, 0.3, graph="flower-k20"), memory="none")
