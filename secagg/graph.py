@@ -46,6 +46,7 @@ import numpy as np
 from secagg.errors import SecAggTypeError, SecAggValueError, UnsafeParametersError
 
 __all__ = [
+    "COMPLETE_GRAPH_MAX_CLIENTS",
     "DEFAULT_CORRECTNESS_BITS",
     "DEFAULT_DROPOUT_FRACTION",
     "DEFAULT_SECURITY_BITS",
@@ -59,6 +60,7 @@ __all__ = [
     "neighbour_graph",
     "neighbours",
     "parameters_for_k",
+    "parameters_table",
     "permutation",
 ]
 
@@ -68,6 +70,10 @@ DEFAULT_CORRECTNESS_BITS = 20
 """Correctness: the round cannot recover a needed secret w.p. <= 2^-20."""
 DEFAULT_DROPOUT_FRACTION = 0.1
 """Dropout fraction assumed by :func:`parameters_for_k` when none is given."""
+COMPLETE_GRAPH_MAX_CLIENTS = 32
+"""Up to this many clients :func:`choose_parameters` uses the complete graph: each client
+then masks with at most 31 pairwise streams (about 1.5 times Flower's k = 20), and the
+threshold is exact (no probabilistic bound) and tolerates about half the cohort dropping."""
 
 _DOMAIN = b"secagg/graph/v1"
 _MAX_ID = (1 << 64) - 1
@@ -148,8 +154,17 @@ class GraphParameters:
             figures already account for it.
         t: Shamir threshold for both secrets of a client.
         complete: whether this is the complete graph (classic SecAgg).
-        colluders: clients colluding with the server that are tolerated (global count c).
-        dropouts: dropped clients tolerated (global count).
+        colluders: clients colluding with the server that the threat model declared
+            (global count c).
+        dropouts: dropped clients the threat model declared (global count).
+        dropouts_tolerated: dropped clients (in total, at any stages: advertising keys,
+            sharing keys, before the masked input or before unmasking) the round survives.
+            Exact for the complete graph (``n - 1 - t``: every survivor keeps ``t``
+            neighbours); for a sparse graph the largest count for which the security and
+            correctness targets still hold.  At least ``dropouts``.
+        colluders_tolerated: clients colluding with the server that cannot learn an honest
+            input: ``min(2t - k - 1, min_clients - 2)`` for the complete graph; the declared
+            ``colluders`` for a sparse graph (its bounds are computed for that count).
         min_clients: cohort floor: the server never outputs a sum over fewer inputs (c + 2,
             so every sum holds at least two honest inputs).
         corrupt_neighbours: bound on corrupt neighbours of any honest client that holds
@@ -172,6 +187,8 @@ class GraphParameters:
     complete: bool
     colluders: int
     dropouts: int
+    dropouts_tolerated: int
+    colluders_tolerated: int
     min_clients: int
     corrupt_neighbours: int
     surviving_neighbours: int
@@ -421,7 +438,8 @@ def _local(threat: ThreatModel, k: int, *, scan: bool) -> _Local:
     survivors = max(k - dropped, 0)
     if sec_left >= 0:
         cap = 2 * survivors - k_max - 1 if scan else k_max
-        corrupt = _smallest_bound(n - 1, big_c, k_max, max(n - big_c, 1), sec_left, cap=max(cap, -1))
+        pop = n - 1 - big_d  # neighbours are drawn among the others left after D dropouts
+        corrupt = _smallest_bound(pop, big_c, min(k_max, pop), max(n - big_c, 1), sec_left, cap=max(cap, -1))
     else:
         corrupt = k_max  # no threshold meets the security target
     expected = (k * (n - 1 - big_d)) // (n - 1)
@@ -433,15 +451,49 @@ def _figures(threat: ThreatModel, loc: _Local, t: int) -> tuple[Fraction, Fracti
     if loc.complete:
         return Fraction(0), Fraction(0)
     n, big_c, big_d, k = threat.n, threat.colluders, threat.dropouts, loc.k
-    exposed = _tail(n - 1, big_c, loc.k_max, 2 * t - loc.k_max - 1)
+    pop = n - 1 - big_d
+    exposed = _tail(pop, big_c, min(loc.k_max, pop), 2 * t - loc.k_max - 1)
     sec = min(Fraction(1), (n - big_c) * exposed + loc.sec_disconnect)
     starved = _tail(n - 1, big_d, k, k - t)
     cor = min(Fraction(1), n * starved + loc.cor_disconnect)
     return sec, cor
 
 
+def _sparse_holds(threat: ThreatModel, k: int, t: int, dropped: int) -> bool:
+    """Whether degree k and threshold t meet both targets with ``dropped`` dropouts."""
+    n = threat.n
+    if dropped + threat.colluders + 2 > n:
+        return False  # fewer survivors than the cohort floor
+    try:
+        other = ThreatModel(n, dropped / n, threat.corrupt_fraction, threat.security_bits, threat.correctness_bits)
+    except SecAggValueError:
+        return False
+    if other.dropouts != dropped or other.colluders != threat.colluders:  # pragma: no cover - float guard
+        return False
+    loc = _local(other, k, scan=False)
+    return loc.t_min <= t <= loc.survivors
+
+
+def _tolerance(threat: ThreatModel, loc: _Local, t: int, min_clients: int) -> tuple[int, int]:
+    """(dropouts tolerated, colluders tolerated) of degree loc.k with threshold t."""
+    n = threat.n
+    if loc.complete:
+        return max(0, min(n - 1 - t, n - min_clients)), max(0, min(2 * t - (n - 1) - 1, min_clients - 2))
+    # Both targets get harder with every extra dropout: binary search the largest count.
+    lo, hi = -1, n - threat.colluders - 2
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _sparse_holds(threat, loc.k, t, mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return max(lo, 0), threat.colluders
+
+
 def _params(threat: ThreatModel, loc: _Local, t: int) -> GraphParameters:
     sec, cor = _figures(threat, loc, t)
+    min_clients = threat.colluders + 2
+    dropouts_ok, colluders_ok = _tolerance(threat, loc, t, min_clients)
     return GraphParameters(
         n=threat.n,
         k=loc.k,
@@ -449,7 +501,9 @@ def _params(threat: ThreatModel, loc: _Local, t: int) -> GraphParameters:
         complete=loc.complete,
         colluders=threat.colluders,
         dropouts=threat.dropouts,
-        min_clients=threat.colluders + 2,
+        dropouts_tolerated=dropouts_ok,
+        colluders_tolerated=colluders_ok,
+        min_clients=min_clients,
         corrupt_neighbours=loc.corrupt,
         surviving_neighbours=loc.survivors,
         expected_survivors=loc.expected,
@@ -468,15 +522,25 @@ def _check_floor(threat: ThreatModel) -> None:
 
 
 def choose_parameters(threat: ThreatModel) -> GraphParameters:
-    """Smallest even degree ``k`` and its threshold ``t`` that meet the threat model.
+    """The degree ``k`` and threshold ``t`` for the threat model.
 
-    Follows Bell et al. (CCS 2020) with exact hypergeometric tails (see the module
-    docstring): ``k`` is the smallest even degree for which some ``t`` has security failure
-    <= 2^-security_bits and correctness failure <= 2^-correctness_bits, and ``t`` is the
-    largest such threshold, which maximises the corrupt neighbours tolerated.  Even degrees
-    only, so the graph is k-regular whatever number of clients advertise keys.  Falls back
-    to the complete graph (``complete=True``, ``k = n - 1``, ``t = n - 1 - dropouts``) when
-    no ``k <= n - 2`` works.
+    Up to :data:`COMPLETE_GRAPH_MAX_CLIENTS` clients (alliances, cross-silo cohorts): the
+    complete graph with the smallest safe threshold ``t = floor((n - 1 + c) / 2) + 1``,
+    which tolerates the most dropouts the declared colluders allow (``n - 1 - t`` at any
+    stages, exactly: e.g. 4 of 10 clients, 14 of 30), whatever the declared dropout
+    fraction, which must still be met.
+
+    Larger cohorts follow Bell et al. (CCS 2020) with exact hypergeometric tails (see the
+    module docstring): ``k`` is the smallest even degree for which some ``t`` has security
+    failure <= 2^-security_bits and correctness failure <= 2^-correctness_bits, and ``t`` is
+    the largest such threshold, which maximises the corrupt neighbours tolerated.  Even
+    degrees only, so the graph is k-regular whatever number of clients advertise keys.
+    Corrupt neighbours are bounded among the ``n - 1 - dropouts`` clients left after the
+    dropouts (the graph is built over the clients that advertised keys).  Falls back to the
+    complete graph (smallest safe ``t``) when no ``k <= n - 2`` works.
+
+    ``dropouts_tolerated`` and ``colluders_tolerated`` of the result say what the chosen
+    parameters withstand (see :class:`GraphParameters`).
 
     Raises:
         UnsafeParametersError: the cohort is below ``colluders + 2``, or even the complete
@@ -495,6 +559,8 @@ def choose_parameters(threat: ThreatModel) -> GraphParameters:
             f"graph: it needs t >= {full.t_min} but only {full.survivors} neighbours survive; tolerate fewer "
             "colluders or dropouts"
         )
+    if n <= COMPLETE_GRAPH_MAX_CLIENTS:
+        return _params(threat, full, full.t_min)
     log_sec = -threat.security_bits * math.log(2.0)
     log_cor = -threat.correctness_bits * math.log(2.0)
     slack = math.log(4.0)
@@ -506,13 +572,13 @@ def choose_parameters(threat: ThreatModel) -> GraphParameters:
         if _log_disconnect(n, big_d, k // 2) > log_cor + slack:
             continue
         d_low = _screen_bound(n - 1, big_d, k, n, log_cor)
-        c_low = _screen_bound(n - 1, big_c, k, max(n - big_c, 1), log_sec)
+        c_low = _screen_bound(n - 1 - big_d, big_c, min(k, n - 1 - big_d), max(n - big_c, 1), log_sec)
         if 2 * (k - d_low) <= k + c_low:
             continue
         loc = _local(threat, k, scan=True)
         if loc.survivors >= loc.t_min >= 1:
             return _params(threat, loc, loc.survivors)
-    return _params(threat, full, full.survivors)
+    return _params(threat, full, full.t_min)
 
 
 def parameters_for_k(
@@ -530,10 +596,12 @@ def parameters_for_k(
     Args:
         n: clients in the round.
         k: neighbours per client; ``None`` or ``k >= n - 1`` means the complete graph.
-        t: threshold; ``None`` picks the default: the largest ``t`` that meets the
-            correctness target (``surviving_neighbours``) if that is safe, else the
-            smallest safe ``t``, ``floor((k + c) / 2) + 1`` with ``c`` the whp bound on
-            corrupt neighbours (``corrupt_neighbours``).  Check ``correctness_failure``.
+        t: threshold; ``None`` picks the default: for the complete graph the smallest
+            safe ``t``, ``floor((n - 1 + c) / 2) + 1`` (the most dropouts tolerated); for a
+            sparse graph the largest ``t`` that meets the correctness target
+            (``surviving_neighbours``) if that is safe, else the smallest safe ``t``,
+            ``floor((k + c) / 2) + 1`` with ``c`` the whp bound on corrupt neighbours
+            (``corrupt_neighbours``).  Check ``correctness_failure``.
         colluders: clients colluding with the server (global count); ``None`` means 0
             (an honest-but-curious server alone).
         dropout_fraction: tolerated fraction of dropped clients.
@@ -565,11 +633,43 @@ def parameters_for_k(
             f"2^-{security_bits} (a security failure: the server would learn partial sums); use a larger k"
         )
     if tt is None:
-        tt = max(loc.survivors, loc.t_min)
+        tt = loc.t_min if loc.complete else max(loc.survivors, loc.t_min)
     if tt > loc.k:
         raise UnsafeParametersError(f"threshold t={tt} exceeds the k={loc.k} share holders; lower t or raise k")
     check_threshold(loc.k_max, tt, min(loc.corrupt, loc.k_max), loc.expected)
     return _params(threat, loc, tt)
+
+
+def parameters_table(
+    ns: Iterable[int],
+    *,
+    dropout_fraction: float = DEFAULT_DROPOUT_FRACTION,
+    colluders: int = 0,
+) -> str:
+    """A Markdown table of what :func:`choose_parameters` picks for each cohort size in ``ns``.
+
+    Each row is the threat model :func:`secagg.simulate.make_config` builds by default
+    (``ThreatModel(n, dropout_fraction, colluders / n)``): the graph, ``k``, ``t``, the
+    dropouts tolerated at any stages, the colluders tolerated and the cohort floor.  A
+    cohort with no safe parameters says so.  The docs' defaults table is this output.
+    """
+    c = _check_int(colluders, "colluders", 0)
+    lines = [
+        "| n | graph | k | t | dropouts tolerated | colluders tolerated | cohort floor |",
+        "|---:|:---|---:|---:|---:|---:|---:|",
+    ]
+    for n in ns:
+        n = _check_int(n, "n", 2)
+        try:
+            p = choose_parameters(ThreatModel(n, dropout_fraction, c / n))
+        except UnsafeParametersError:
+            lines.append(f"| {n} | no safe parameters | | | | | |")
+            continue
+        graph = "complete" if p.complete else "SecAgg+"
+        lines.append(
+            f"| {n} | {graph} | {p.k} | {p.t} | {p.dropouts_tolerated} | {p.colluders_tolerated} | {p.min_clients} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- graphs

@@ -8,12 +8,14 @@ import math
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.errors import SecAggError, SecAggTypeError, SecAggValueError, UnsafeParametersError
 from secagg.graph import (
+    COMPLETE_GRAPH_MAX_CLIENTS,
     GraphParameters,
     ThreatModel,
     check_threshold,
@@ -24,6 +26,7 @@ from secagg.graph import (
     neighbour_graph,
     neighbours,
     parameters_for_k,
+    parameters_table,
     permutation,
 )
 
@@ -247,7 +250,8 @@ def _independent_figures(n: int, k: int, t: int, c: int, d: int) -> tuple[float,
         two = n * (n - 1) / 2 * math.comb(removed, 2 * w) / math.comb(n, 2 * w)
         return min(1.0, one, two)
 
-    sec = (n - c) * _sf(n - 1, c, k, 2 * t - k - 1) + disc(d + c)
+    # Corrupt neighbours among the n - 1 - d clients left after the dropouts.
+    sec = (n - c) * _sf(n - 1 - d, c, min(k, n - 1 - d), 2 * t - k - 1) + disc(d + c)
     cor = n * _sf(n - 1, d, k, k - t) + disc(d)
     return sec, cor
 
@@ -274,13 +278,17 @@ def test_chosen_parameters_meet_the_threat_model(threat: ThreatModel) -> None:
     assert isinstance(p, GraphParameters) and p.threat == threat
     assert p.colluders == threat.colluders and p.dropouts == threat.dropouts
     assert p.min_clients == threat.colluders + 2
+    assert p.dropouts_tolerated >= threat.dropouts and p.colluders_tolerated >= threat.colluders
     check_threshold(p.k, p.t, p.corrupt_neighbours, p.surviving_neighbours)
     check_threshold(p.k, p.t, p.corrupt_neighbours, p.expected_survivors)
     assert p.security_failure <= 2.0**-threat.security_bits
     assert p.correctness_failure <= 2.0**-threat.correctness_bits
     if p.complete:
-        assert p.k == threat.n - 1 and p.t == threat.n - 1 - threat.dropouts
+        # The smallest safe threshold: the most dropouts the declared colluders allow.
+        assert p.k == threat.n - 1 and p.t == (threat.n - 1 + threat.colluders) // 2 + 1
+        assert p.dropouts_tolerated == threat.n - 1 - p.t
         return
+    assert threat.n > COMPLETE_GRAPH_MAX_CLIENTS
     assert p.k % 2 == 0 and 2 <= p.k <= threat.n - 2
     sec, cor = _independent_figures(threat.n, p.k, p.t, threat.colluders, threat.dropouts)
     assert sec <= 2.0**-threat.security_bits * (1 + 1e-9)
@@ -326,6 +334,7 @@ def test_chooser_is_monotone_in_the_threat() -> None:
 def test_chooser_falls_back_to_the_complete_graph_and_refuses_impossible_models() -> None:
     p = choose_parameters(ThreatModel(8, 0.25, 0.25))
     assert p.complete and p.k == 7 and p.t == 5 and p.colluders == 2 and p.min_clients == 4
+    assert p.dropouts_tolerated == 2 and p.colluders_tolerated == 2
     assert p.security_failure == 0.0 and p.correctness_failure == 0.0
     with pytest.raises(UnsafeParametersError, match="complete graph"):
         choose_parameters(ThreatModel(1000, 0.4, 0.3))  # 2 (999 - 400) <= 999 + 300
@@ -393,7 +402,10 @@ def test_parameters_for_k_refuses_unsafe_choices() -> None:
 
 def test_parameters_for_k_complete_and_odd_degrees() -> None:
     p = parameters_for_k(50, None, colluders=5)
-    assert p.complete and p.k == 49 and p.t == 49 - 5 and p.min_clients == 7
+    # Complete graph: the smallest safe threshold, so the most dropouts are tolerated.
+    assert p.complete and p.k == 49 and p.t == (49 + 5) // 2 + 1 and p.min_clients == 7
+    assert p.dropouts_tolerated == 49 - p.t and p.colluders_tolerated == 5
+    assert parameters_for_k(50, None, t=44, colluders=5).dropouts_tolerated == 5
     assert parameters_for_k(50, 60, colluders=5) == p
     # Odd k: one client may have k + 1 neighbours, so safety is checked against k + 1.
     odd = parameters_for_k(101, 21, colluders=0)
@@ -411,3 +423,98 @@ def test_typed_errors_derive_from_secagg_error() -> None:
     ):
         with pytest.raises(SecAggError):
             call()
+
+
+# --------------------------------------------------------------------------- alliance defaults
+
+
+def test_small_cohorts_use_the_complete_graph_with_the_smallest_safe_threshold() -> None:
+    for n in range(3, COMPLETE_GRAPH_MAX_CLIENTS + 1):
+        p = choose_parameters(ThreatModel(n, 0.1, 0.0))
+        assert p.complete and p.k == n - 1 and p.t == (n - 1) // 2 + 1
+        assert p.dropouts_tolerated == n - 1 - p.t and p.colluders_tolerated == 0
+        check_threshold(p.k, p.t, 0, p.expected_survivors)
+        q = choose_parameters(ThreatModel(n, 0.1, 1 / n))  # one member colludes with the server
+        assert q.t == n // 2 + 1 and q.colluders_tolerated == 1 and q.min_clients == 3
+        assert q.dropouts_tolerated == n - 1 - q.t
+    # The declared dropouts are still a requirement: 3 of 6 cannot be met.
+    with pytest.raises(UnsafeParametersError, match="complete graph"):
+        choose_parameters(ThreatModel(6, 0.5, 0.0))
+
+
+def test_sparse_tolerance_is_the_largest_dropout_count_that_meets_both_targets() -> None:
+    for threat in (ThreatModel(100, 0.1, 0.0), ThreatModel(300, 0.1, 0.05), ThreatModel(64, 0.1, 0.0)):
+        p = choose_parameters(threat)
+        assert not p.complete and p.dropouts_tolerated >= threat.dropouts
+        assert p.colluders_tolerated == threat.colluders
+
+        def holds(dropped: int, p: GraphParameters = p, threat: ThreatModel = threat) -> bool:
+            sec, cor = _independent_figures(threat.n, p.k, p.t, threat.colluders, dropped)
+            return sec <= 2.0**-40 * (1 + 1e-9) and cor <= 2.0**-20 * (1 + 1e-9)
+
+        assert holds(p.dropouts_tolerated) and not holds(p.dropouts_tolerated + 1)
+
+
+def test_corrupt_neighbours_are_bounded_among_the_clients_left_after_dropouts() -> None:
+    # 300 clients, 30 dropouts, 15 colluders: the bound uses 269 candidates, not 299.
+    p = parameters_for_k(300, 40, colluders=15, dropout_fraction=0.1)
+    exposed = _sf(269, 15, 40, p.corrupt_neighbours)
+    assert 300 * exposed <= 2.0**-40
+    assert 300 * _sf(269, 15, 40, p.corrupt_neighbours - 1) > 2.0**-40 * 0.5
+
+
+def _check_round(n: int, dropouts: dict[str, list[int]]) -> None:
+    from secagg.simulate import simulate_round
+
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 1 << 16, size=(n, 3), dtype=np.uint64)
+    res = simulate_round(x, bits=32, dropouts=dropouts, seed=n)
+    gone = {i for s, v in dropouts.items() if s != "unmasking" for i in v}  # later: already summed
+    assert res.survivors == [i for i in range(n) if i not in gone]
+    want = x[res.survivors].sum(axis=0) % (1 << 32)
+    assert np.array_equal(res.aggregate, want)
+
+
+@pytest.mark.parametrize("n", [5, 6, 7, 8, 9, 10, 11, 12, 16, 20, 30])
+def test_make_config_defaults_survive_their_tolerated_dropouts_at_every_stage(n: int) -> None:
+    from secagg.errors import ProtocolAbort
+    from secagg.simulate import STAGES, make_config
+
+    _, p = make_config(n, 3)
+    assert p.dropouts_tolerated >= (2 if n >= 10 else 1)
+    assert p.dropouts_tolerated == n - 1 - p.t  # complete graph: exact
+    big_d = p.dropouts_tolerated
+    for stage in STAGES:  # all of them at one stage
+        _check_round(n, {stage: list(range(big_d))})
+    spread: dict[str, list[int]] = {s: [] for s in STAGES}  # spread over the stages
+    for i in range(big_d):
+        spread[STAGES[i % 4]].append(n - 1 - i)
+    _check_round(n, spread)
+    # One more than reported is refused at unmasking: the figure is not flattering.
+    with pytest.raises(ProtocolAbort):
+        _check_round(n, {"masked_input": list(range(big_d + 1))})
+
+
+def test_defaults_table_in_the_docs_is_what_the_code_computes() -> None:
+    """docs/alliance-defaults.md holds parameters_table() output between markers.
+
+    Regenerate with ``SECAGG_WRITE_DOCS=1 pytest tests/test_graph.py -k docs``.
+    """
+    import os
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "alliance-defaults.md"
+    text = page.read_text()
+    tables = {
+        "defaults": parameters_table(range(3, 31)),
+        "one-colluder": parameters_table(range(3, 31), colluders=1),
+    }
+    new = text
+    for name, table in tables.items():
+        begin, end = f"<!-- table:{name}:begin -->\n", f"<!-- table:{name}:end -->"
+        head, rest = new.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        new = head + begin + table + end + tail
+    if os.environ.get("SECAGG_WRITE_DOCS") == "1":
+        page.write_text(new)
+    assert new == text, "docs/alliance-defaults.md is stale: rerun with SECAGG_WRITE_DOCS=1"
