@@ -26,7 +26,7 @@ def predict_seconds(cfg: BenchConfig) -> tuple[float, float]:
     (key agreement, Shamir, AEAD).  Flower: 1.1 ns per mask byte (int64 values, 4-byte
     equivalent) plus ``2.8 ms + 0.16 ms * t`` per (client, neighbour), fitted to the
     measured Flower figures in the project's notes.  Both are for ``cfg.repeats`` rounds;
-    :func:`run_sweep` rescales them by what it measures.
+    :func:`~secagg.benchmarks.run_sweep` rescales them by what it measures.
     """
     p = _params(cfg)
     if p is None:
