@@ -111,3 +111,18 @@ def test_demo_command_rejects_bad_options(capsys: pytest.CaptureFixture[str]) ->
 
     assert main(["demo", "--dropout", "0.9"]) == 2
     assert "--dropout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("clients", [3, 4, 5, 7, 12])
+def test_demo_runs_for_small_alliances(clients: int, tmp_path: Path) -> None:
+    # "no safe parameters" for 3, 5 and 7 clients before: the threat model asked for more
+    # dropouts than the complete graph survives.
+    from secagg.graph import parameters_for_k
+    from secagg.torch.demo import run_demo
+
+    res = run_demo(rounds=1, clients=clients, dropout=0.1, out=tmp_path, local_epochs=1, seed=1)
+    params = res.parameters
+    most = parameters_for_k(clients, None, colluders=0, dropout_fraction=0.0).dropouts_tolerated
+    assert params["tolerated_dropouts"] == min(most, max(3, 2 * round(0.1 * clients) + 1))
+    assert params["cohort_floor"] == clients - params["tolerated_dropouts"]
+    assert len(res.rounds) == 1 and Path(res.files["ledger"]).exists()

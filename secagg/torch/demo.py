@@ -438,10 +438,15 @@ def run_demo(
     net = make_model(model, seed=seed)
     baseline = copy.deepcopy(net)
     layout = UpdateLayout.from_module(net)
-    # Threat model: tolerate up to twice the expected dropouts (at least 3 clients).
-    tolerated = max(3, 2 * round(dropout * clients) + 1)
-    dropout_fraction = min(0.45, tolerated / clients)
-    floor = clients - int(dropout_fraction * clients + 1e-9)
+    # Threat model: tolerate up to twice the expected dropouts (at least 3 clients), but
+    # never more than the complete graph with the smallest safe threshold survives
+    # (n - 1 - t: 0 of 3 clients, 1 of 5, 2 of 7), else no safe parameters exist.
+    from secagg.graph import parameters_for_k
+
+    most = parameters_for_k(clients, None, colluders=0, dropout_fraction=0.0).dropouts_tolerated
+    tolerated = min(max(3, 2 * round(dropout * clients) + 1), most, int(0.45 * clients))
+    dropout_fraction = tolerated / clients
+    floor = clients - tolerated
     tracker = PrivacyTracker(delta=delta, accountant="rdp", population=clients)
     aggregation = DPAggregation(
         clip_norm=clip_norm,
@@ -534,7 +539,7 @@ def run_demo(
         "local_epochs": local_epochs,
         "lr": lr,
         "cohort_floor": floor,
-        "tolerated_dropouts": int(dropout_fraction * clients + 1e-9),
+        "tolerated_dropouts": tolerated,
         "protocol": cfg.to_dict() if cfg is not None else None,
         "ledger_head": str(ledger.head),
     }
