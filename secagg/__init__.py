@@ -29,14 +29,17 @@ from secagg.crypto import (
     keystream,
     public_key,
 )
+from secagg.driver import STAGES
 from secagg.encoding import FixedPointEncoder, Headroom, centered_lift, check_headroom
 from secagg.errors import (
     CryptoError,
     HeadroomError,
     InconsistentSharesError,
+    LocalProtocolError,
     MessageError,
     ProtocolAbort,
     ProtocolError,
+    RemoteProtocolError,
     SecAggError,
     SecAggTypeError,
     SecAggValueError,
@@ -58,7 +61,7 @@ from secagg.packing import pack, packed_size, unpack
 from secagg.rand import RandomSource
 from secagg.server import AggregateResult, ServerSession, ServerState
 from secagg.shamir import Share, combine, split
-from secagg.simulate import STAGES, RoundResult, simulate_round
+from secagg.simulate import RoundResult, simulate_round
 
 __all__ = [
     "STAGES",
@@ -71,11 +74,13 @@ __all__ = [
     "Headroom",
     "HeadroomError",
     "InconsistentSharesError",
+    "LocalProtocolError",
     "Masker",
     "MessageError",
     "ProtocolAbort",
     "ProtocolError",
     "RandomSource",
+    "RemoteProtocolError",
     "RoundConfig",
     "RoundResult",
     "SecAggError",

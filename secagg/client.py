@@ -3,7 +3,7 @@
 A :class:`ClientSession` consumes server messages and returns the message to send; it
 never touches a socket, a thread or a clock.  One table (:data:`CLIENT_TRANSITIONS`)
 says which message is legal in which state; anything else raises
-:class:`~secagg.errors.ProtocolError` and moves the session to the sticky
+:class:`~secagg.errors.RemoteProtocolError` and moves the session to the sticky
 :attr:`ClientState.FAILED` state, after which it wipes its secrets and answers nothing.
 
 Typical use (the transport is yours)::
@@ -47,8 +47,9 @@ from secagg.crypto import aead as _aead
 from secagg.crypto import keys as _keys
 from secagg.crypto.prg import Masker
 from secagg.errors import (
+    LocalProtocolError,
     MessageError,
-    ProtocolError,
+    RemoteProtocolError,
     SecAggError,
     SecAggTypeError,
     SecAggValueError,
@@ -120,6 +121,7 @@ CLIENT_TRANSITIONS: dict[tuple[ClientState, type[Message]], str] = {
             ClientState.SHARED,
             ClientState.AWAIT_INPUT,
             ClientState.MASKED,
+            ClientState.DONE,  # the server may still abort after this client revealed its shares
         )
     },
 }
@@ -210,10 +212,11 @@ def _packed(y: RingArray, bits: int) -> bytes | memoryview:
     return _packing.pack(y, bits)
 
 
-def _wrap(exc: SecAggError, what: str) -> ProtocolError:
-    if isinstance(exc, ProtocolError):
+def _wrap(exc: SecAggError, what: str) -> RemoteProtocolError:
+    """A fault found in a server message, as a :class:`RemoteProtocolError` blaming the server."""
+    if isinstance(exc, RemoteProtocolError):
         return exc
-    err = ProtocolError(f"{what}: {exc}")
+    err = RemoteProtocolError(f"{what}: {exc}", client=0)
     err.__cause__ = exc
     return err
 
@@ -315,10 +318,10 @@ class ClientSession:
         """Generate the two X25519 key pairs and the self-mask seed; return stage 1's message.
 
         Raises:
-            ProtocolError: not in state READY (the session fails).
+            LocalProtocolError: not in state READY (nothing changes).
         """
         if self._state is not ClientState.READY:
-            raise self._fail(ProtocolError(f"start() is only legal once, in state READY (not {self._state.value})"))
+            raise LocalProtocolError(f"start() is only legal once, in state READY (not {self._state.value})")
         mask_sk = _keys.generate_private_key(self._rng)
         enc_sk = _keys.generate_private_key(self._rng)
         self._seed = self._rng.bytes(SECRET_BYTES)
@@ -343,13 +346,15 @@ class ClientSession:
             an abort.
 
         Raises:
-            ProtocolError: the message is malformed, from another round, addressed to
-                another client, or illegal in the current state; the session fails.
+            RemoteProtocolError: the message is malformed, from another round, addressed
+                to another client, or illegal in the current state (``client == 0``: the
+                server's fault); the session fails.
             SecurityViolation: an honest client must refuse the message; the session fails.
+            LocalProtocolError: the session has already failed (nothing changes).
             SecAggValueError, SecAggTypeError: ``input`` is invalid (the session is unchanged).
         """
         if self._state is ClientState.FAILED:
-            raise ProtocolError(f"client {self._id}: session has failed ({self.failure}); start a new round")
+            raise LocalProtocolError(f"client {self._id}: session has failed ({self.failure}); start a new round")
         if isinstance(message, (bytes, bytearray, memoryview)):
             try:
                 message = decode_message(message)
@@ -360,10 +365,12 @@ class ClientSession:
         handler = CLIENT_TRANSITIONS.get((self._state, type(message)))
         if handler is None:
             raise self._fail(
-                ProtocolError(f"client {self._id}: {type(message).__name__} is illegal in state {self._state.value}")
+                RemoteProtocolError(
+                    f"client {self._id}: {type(message).__name__} is illegal in state {self._state.value}", client=0
+                )
             )
         if message.round_id != self._config.round_id:
-            raise self._fail(ProtocolError(f"client {self._id}: message from another round; rejected"))
+            raise self._fail(RemoteProtocolError(f"client {self._id}: message from another round; rejected", client=0))
         vec = None
         if input is not None:
             if not isinstance(message, ShareDelivery):
@@ -388,14 +395,13 @@ class ClientSession:
 
         Raises:
             SecAggValueError, SecAggTypeError: bad vector (the session is unchanged).
-            ProtocolError: an input was already given, or the round is past this stage.
+            LocalProtocolError: an input was already given, or the round is past this
+                stage (nothing changes).
         """
         if self._state in (ClientState.MASKED, *_TERMINAL) or self._input is not None:
             if self._state is ClientState.FAILED:
-                raise ProtocolError(f"client {self._id}: session has failed; start a new round")
-            raise self._fail(
-                ProtocolError(f"client {self._id}: input given twice or too late (state {self._state.value})")
-            )
+                raise LocalProtocolError(f"client {self._id}: session has failed; start a new round")
+            raise LocalProtocolError(f"client {self._id}: input given twice or too late (state {self._state.value})")
         vec = check_input(vector, self._config.d, self._config.bits)
         self._input = vec
         if self._state is ClientState.AWAIT_INPUT:
@@ -411,7 +417,7 @@ class ClientSession:
         if not mine or mine[0].mask_key != self._mask_pk or mine[0].enc_key != self._enc_pk:
             raise SecurityViolation(f"client {me}: roster does not carry this client's own keys")
         if ids[-1] > cfg.n:
-            raise ProtocolError(f"client {me}: roster names client {ids[-1]} outside 1..{cfg.n}")
+            raise RemoteProtocolError(f"client {me}: roster names client {ids[-1]} outside 1..{cfg.n}")
         masks = {e.mask_key for e in roster.clients}
         encs = {e.enc_key for e in roster.clients}
         if len(masks) != len(ids) or len(encs) != len(ids):
@@ -454,7 +460,7 @@ class ClientSession:
     def _on_delivery(self, delivery: ShareDelivery) -> MaskedInput | None:
         cfg, me = self._config, self._id
         if delivery.receiver != me:
-            raise ProtocolError(f"client {me}: delivery addressed to client {delivery.receiver}")
+            raise RemoteProtocolError(f"client {me}: delivery addressed to client {delivery.receiver}")
         senders = delivery.senders()
         strangers = [v for v in senders if v not in self._neighbours]
         if strangers:
@@ -478,10 +484,12 @@ class ClientSession:
             payload = decode_message(plain, SharePayload)
             assert isinstance(payload, SharePayload)
             if payload.round_id != cfg.round_id or payload.sender != v or payload.receiver != me:
-                raise ProtocolError(f"client {me}: share bundle from {v} names the wrong round, sender or receiver")
+                raise RemoteProtocolError(
+                    f"client {me}: share bundle from {v} names the wrong round, sender or receiver"
+                )
             for raw in (payload.key_share, payload.seed_share):
                 if _shamir.Share.from_bytes(raw).x != me:
-                    raise ProtocolError(f"client {me}: share from {v} is not at this client's x-coordinate")
+                    raise RemoteProtocolError(f"client {me}: share from {v} is not at this client's x-coordinate")
             held[v] = (payload.key_share, payload.seed_share)
         self._held = held
         self._partners = senders
@@ -515,7 +523,7 @@ class ClientSession:
     def _on_unmask(self, req: UnmaskRequest) -> UnmaskShares:
         cfg, me = self._config, self._id
         if req.receiver != me:
-            raise ProtocolError(f"client {me}: unmasking request addressed to client {req.receiver}")
+            raise RemoteProtocolError(f"client {me}: unmasking request addressed to client {req.receiver}")
         alive, dead = set(req.survivors), set(req.dropped)
         both = sorted(alive & dead)
         if both:
@@ -553,7 +561,13 @@ class ClientSession:
         self._held = {}
         self._share_keys_cache = {}
 
-    def _fail(self, exc: ProtocolError) -> ProtocolError:
+    def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
+        """The server broke the protocol: wipe the secrets and stop (sticky FAILED).  The
+        error blames the server (``client=0``) at the stage this client was in."""
+        exc.client = 0
+        if exc.stage is None:
+            stage = self.stage
+            exc.stage = None if stage is None else stage.value
         self._wipe()
         self._state = ClientState.FAILED
         self.failure = exc
@@ -744,7 +758,7 @@ class ClientSession:
             raise MessageError(f"session state {state.value}: failure or abort reason mismatch")
         # All checked: fill the fresh session.
         self._state = state
-        self.failure = None if failure is None else ProtocolError(failure)
+        self.failure = None if failure is None else RemoteProtocolError(failure, client=0)
         self.abort_reason = abort_reason
         self._mask_sk, self._enc_sk, self._seed = mask_sk, enc_sk, seed
         self._input = cast("RingArray | None", vec)

@@ -11,9 +11,11 @@ __all__ = [
     "CryptoError",
     "HeadroomError",
     "InconsistentSharesError",
+    "LocalProtocolError",
     "MessageError",
     "ProtocolAbort",
     "ProtocolError",
+    "RemoteProtocolError",
     "SecAggError",
     "SecAggTypeError",
     "SecAggValueError",
@@ -72,12 +74,42 @@ class MessageError(SecAggValueError):
 
 
 class ProtocolError(SecAggError):
-    """A message is illegal in the session's current state (replayed, out of order,
-    from another round, from an unknown sender).  The session moves to a sticky
-    failed state; start a new round."""
+    """A protocol rule was broken.  Catch the two subclasses to know whose fault it is
+    (as in h11): :class:`LocalProtocolError` (this process misused a session) or
+    :class:`RemoteProtocolError` (a peer sent something wrong)."""
 
 
-class SecurityViolation(ProtocolError):
+class LocalProtocolError(ProtocolError):
+    """The caller misused a session: a method called in the wrong state or order (for
+    example ``start()`` twice, an input given twice, ``close_stage()`` after the round
+    ended).  The session is left exactly as it was; fix the calling code."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """A peer sent something the protocol forbids (undecodable, out of stage, from
+    another sender, semantically invalid).
+
+    Attributes:
+        client: the offending client id as the transport authenticated it; ``0`` means
+            the server (raised by a client session); ``None`` when the transport cannot
+            tell who sent it.
+        stage: the protocol stage (a :class:`secagg.messages.Stage` value such as
+            ``"share_keys"``) in which it happened, or ``None`` outside a stage.
+
+    A :class:`~secagg.client.ClientSession` that raises it has failed (an honest client
+    stops talking to a server that broke the protocol).  A
+    :class:`~secagg.server.ServerSession` never fails on it: it excludes the offending
+    client from the round and records the reason (see
+    :attr:`secagg.server.AggregateResult.excluded`).
+    """
+
+    def __init__(self, message: str, *, client: int | None = None, stage: str | None = None) -> None:
+        super().__init__(message)
+        self.client = client
+        self.stage = stage
+
+
+class SecurityViolation(RemoteProtocolError):
     """The peer asked for something an honest party must refuse (for example both
     shares of one client); the refusing session fails and reveals nothing."""
 
@@ -85,4 +117,24 @@ class SecurityViolation(ProtocolError):
 class ProtocolAbort(SecAggError):
     """The round cannot complete safely (too few survivors, a survivor graph piece
     below the cohort floor, unrecoverable secrets).  Nothing about individual inputs
-    was revealed; run a new round."""
+    was revealed; run a new round.
+
+    Attributes (filled in by the round driver; ``None``/empty when raised by a session):
+        stage: the stage whose closing aborted the round.
+        dropped: per stage, the client ids that went silent.
+        excluded: client id -> why it was excluded for misbehaviour.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str | None = None,
+        dropped: dict[str, tuple[int, ...]] | None = None,
+        excluded: dict[int, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = message
+        self.stage = stage
+        self.dropped: dict[str, tuple[int, ...]] = dict(dropped or {})
+        self.excluded: dict[int, str] = dict(excluded or {})

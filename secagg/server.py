@@ -5,10 +5,14 @@ when a stage closes, returns an outbox ``{client_id: message}`` to deliver.  It 
 clock: the caller decides when a stage's deadline has passed and calls
 :meth:`ServerSession.close_stage`; with ``auto_close=True`` (the default) a stage also
 closes as soon as every awaited client has answered.  One table
-(:data:`SERVER_TRANSITIONS`) says which client message is legal in which state; any
-other message, a replay, a message of another round, from an unknown or unexpected
-sender, or malformed, raises :class:`~secagg.errors.ProtocolError` and moves the
-session to the sticky :attr:`ServerState.FAILED` state.
+(:data:`SERVER_TRANSITIONS`) says which client message is legal in which state.  A
+client whose message breaks a rule (undecodable, out of stage, spoofed, a conflicting
+duplicate, semantically invalid) is **excluded** at that stage, exactly like a dropout
+there, with the reason recorded (:attr:`ServerSession.excluded`,
+:attr:`AggregateResult.excluded`); identical duplicates, late messages and messages of
+another round are ignored.  The session has no failed state: only the caller's misuse
+raises (:class:`~secagg.errors.LocalProtocolError`), and only the safety checks below
+end a round.  Only the round driver (:mod:`secagg.driver`) calls it in the library.
 
 Stages (Bonawitz et al. CCS 2017 with the SecAgg+ graph of Bell et al. CCS 2020):
 
@@ -33,8 +37,8 @@ When a round cannot complete safely, :class:`~secagg.errors.ProtocolAbort` is ra
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, cast
 
@@ -44,13 +48,14 @@ import numpy.typing as npt
 from secagg import graph as _graph
 from secagg import packing as _packing
 from secagg import shamir as _shamir
-from secagg.client import check_config, mask_sign, roster_graph
+from secagg.client import SECRET_BYTES, check_config, mask_sign, roster_graph
 from secagg.crypto import keys as _keys
 from secagg.crypto.prg import Masker
 from secagg.errors import (
+    LocalProtocolError,
     MessageError,
     ProtocolAbort,
-    ProtocolError,
+    RemoteProtocolError,
     SecAggError,
     SecAggTypeError,
     ShareError,
@@ -79,7 +84,8 @@ __all__ = ["SERVER_TRANSITIONS", "AggregateResult", "ServerSession", "ServerStat
 
 
 class ServerState(str, Enum):
-    """States of a :class:`ServerSession` (the last three are terminal)."""
+    """States of a :class:`ServerSession` (the last two are terminal).  There is no failed
+    state: a misbehaving client is excluded, the round goes on."""
 
     COLLECT_KEYS = "collect_keys"
     COLLECT_SHARES = "collect_shares"
@@ -87,7 +93,6 @@ class ServerState(str, Enum):
     COLLECT_UNMASK = "collect_unmask"
     DONE = "done"
     ABORTED = "aborted"
-    FAILED = "failed"
 
 
 #: The only legal (state, message class) pairs of the server and the handler for each.
@@ -104,6 +109,16 @@ _STAGE_OF = {
     ServerState.COLLECT_MASKED: Stage.MASKED_INPUT,
     ServerState.COLLECT_UNMASK: Stage.UNMASKING,
 }
+#: The stage each client-to-server message belongs to.
+_STAGE_OF_MESSAGE: dict[type[Message], Stage] = {
+    AdvertiseKeys: Stage.ADVERTISE_KEYS,
+    ShareKeys: Stage.SHARE_KEYS,
+    MaskedInput: Stage.MASKED_INPUT,
+    UnmaskShares: Stage.UNMASKING,
+}
+_STAGE_INDEX = {s: i for i, s in enumerate(Stage)}
+#: Stands for an accepted masked input, which is summed on arrival and never retained.
+_SUMMED = Abort(b"\0" * 16, "masked input summed")
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,16 +133,28 @@ class AggregateResult:
             excluded) in that stage.
         recovered_keys: ids whose mask key was reconstructed (dropped after sharing keys
             with a surviving neighbour).
+        excluded: ids excluded for misbehaviour -> one-line reason (stage and fault);
+            dropouts are in ``dropped`` instead.
     """
 
     aggregate: npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
     survivors: tuple[int, ...]
     dropped: dict[str, tuple[int, ...]]
     recovered_keys: tuple[int, ...]
+    excluded: dict[int, str] = field(default_factory=dict)
 
 
 class ServerSession:
-    """The server's side of one round (honest-but-curious server; see docs/threat-model.md).
+    """The server's side of one round (see docs/threat-model.md for the adversaries).
+
+    A misbehaving client never ends the round: a message that is undecodable, out of
+    stage, from a spoofed sender, a conflicting duplicate, or semantically invalid
+    (copied, equal or small-order keys, a wrong bundle set, a wrong-length masked input,
+    a malformed, missing or misplaced share) **excludes its sender at that stage**,
+    exactly as if it had dropped out there, and the reason is kept in :attr:`excluded`.
+    An identical duplicate, a late message of a stage already closed and a message of
+    another round are ignored (:attr:`ignored`).  Only the stage-closing safety checks
+    end a round, with :class:`~secagg.errors.ProtocolAbort`.
 
     Args:
         config: the round's public parameters (the same object the clients use; send
@@ -146,12 +173,12 @@ class ServerSession:
         self._auto = bool(auto_close)
         self._masker = masker
         self._state = ServerState.COLLECT_KEYS
-        self.failure: SecAggError | None = None
         self.abort_reason: str | None = None
         self.result: AggregateResult | None = None
         self._awaited: set[int] = set(range(1, config.n + 1))
+        self._answered: dict[int, Message] = {}  # this stage's accepted message per client
         self._keys: dict[int, AdvertiseKeys] = {}
-        self._key_set: set[bytes] = set()
+        self._key_owner: dict[bytes, int] = {}
         self._roster: Roster | None = None
         self._graph: dict[int, frozenset[int]] = {}
         self._bundles: dict[int, dict[int, bytes]] = {}  # sender -> receiver -> ciphertext
@@ -159,10 +186,11 @@ class ServerSession:
         self._acc: npt.NDArray[np.uint32] | npt.NDArray[np.uint64] | None = None
         self._u3: set[int] = set()
         self._requests: dict[int, UnmaskRequest] = {}
-        self._self_shares: dict[int, list[_shamir.Share]] = {}
-        self._key_shares: dict[int, list[_shamir.Share]] = {}
-        self._responded: set[int] = set()
+        self._self_shares: dict[int, dict[int, _shamir.Share]] = {}  # owner -> holder -> share
+        self._key_shares: dict[int, dict[int, _shamir.Share]] = {}
         self._dropped: dict[str, tuple[int, ...]] = {}
+        self._excluded: dict[int, RemoteProtocolError] = {}
+        self._ignored: list[tuple[int | None, str]] = []
         self._participants: set[int] = set(self._awaited)  # who gets an Abort notice
 
     # -- read-only views ---------------------------------------------------------------
@@ -199,8 +227,20 @@ class ServerSession:
 
     @property
     def dropped(self) -> dict[str, tuple[int, ...]]:
-        """Per closed stage, the awaited clients that did not answer (or were excluded)."""
+        """Per closed stage, the awaited clients that went silent (or were left with too
+        few key-sharing neighbours); misbehaving clients are in :attr:`excluded` instead."""
         return dict(self._dropped)
+
+    @property
+    def excluded(self) -> dict[int, RemoteProtocolError]:
+        """Clients excluded for misbehaviour: id -> the error (``.stage``, ``.client``, reason)."""
+        return dict(self._excluded)
+
+    @property
+    def ignored(self) -> tuple[tuple[int | None, str], ...]:
+        """Messages ignored without excluding anyone (identical duplicates, late messages of
+        a closed stage, messages of another round, senders not in the stage): (client, why)."""
+        return tuple(self._ignored)
 
     # -- driving the session ----------------------------------------------------------
 
@@ -209,49 +249,82 @@ class ServerSession:
     ) -> dict[int, Message]:
         """Consume one client message.
 
+        A fault of the message excludes its sender from the round (see the class
+        docstring); it is not raised.  Read :attr:`excluded` and :attr:`ignored`.
+
         Args:
             message: a decoded message or its bytes (a masked input is read straight
                 from the buffer; it is added to the running sum and not retained).
-            sender: the client id the transport authenticated, if any; it must match
-                the message's sender.
+            sender: the client id the transport authenticated, if any.  When given, the
+                fault of a message is always attributed to it (a message claiming another
+                sender is a spoof by ``sender``); when None, to the sender the message
+                names, if it decodes.
 
         Returns:
             The outbox of the stage this message closed (auto_close), else ``{}``.
 
         Raises:
-            ProtocolError: illegal, replayed, cross-round, unexpected or malformed
-                message; the session fails (sticky).
+            LocalProtocolError: the session is not collecting (the round has ended).
+            SecAggTypeError: ``message`` is not a message or bytes; ``sender`` not an int.
             ProtocolAbort: the message closed a stage and the round cannot complete safely.
         """
-        if self._state is ServerState.FAILED:
-            raise ProtocolError(f"server session has failed ({self.failure}); start a new round")
-        if isinstance(message, (bytes, bytearray, memoryview)):
+        if self._state not in _STAGE_OF:
+            raise LocalProtocolError(f"the server session is {self._state.value}; no message is accepted")
+        if sender is not None and (isinstance(sender, bool) or not isinstance(sender, int)):
+            raise SecAggTypeError(f"sender must be an int client id or None, got {type(sender).__name__}")
+        if not isinstance(message, (Message, bytes, bytearray, memoryview)):
+            raise SecAggTypeError(f"receive() needs a Message or bytes, got {type(message).__name__}")
+        stage = _STAGE_OF[self._state]
+        if not isinstance(message, Message):
             try:
                 message = decode_message(message)
             except MessageError as exc:
-                raise self._fail(f"undecodable message: {exc}", exc) from exc
-        if not isinstance(message, Message):
-            raise SecAggTypeError(f"receive() needs a Message or bytes, got {type(message).__name__}")
-        handler = SERVER_TRANSITIONS.get((self._state, type(message)))
-        if handler is None:
-            raise self._fail(f"{type(message).__name__} is illegal in state {self._state.value}")
+                self._exclude(sender, stage, f"undecodable message: {exc}")
+                return self._maybe_close()
         if message.round_id != self._config.round_id:
-            raise self._fail(f"{type(message).__name__} from another round; rejected")
-        who = getattr(message, "sender")  # noqa: B009 - every client-to-server message has one
-        if sender is not None and sender != who:
-            raise self._fail(f"message claims sender {who} but the transport says {sender}")
+            self._ignore(sender, f"{type(message).__name__} of another round")
+            return {}
+        claimed = getattr(message, "sender", None)
+        who = sender if sender is not None else claimed
+        if not isinstance(who, int) or isinstance(who, bool):
+            self._ignore(None, f"{type(message).__name__} names no sender")
+            return {}
+        msg_stage = _STAGE_OF_MESSAGE.get(type(message))
+        if msg_stage is None:  # a server-to-client message sent up
+            self._exclude(who, stage, f"sent a {type(message).__name__}, which only the server sends")
+            return self._maybe_close()
+        if who in self._excluded:
+            self._ignore(who, f"{type(message).__name__} from a client already excluded")
+            return {}
+        if _STAGE_INDEX[msg_stage] < _STAGE_INDEX[stage]:
+            self._ignore(who, f"late {type(message).__name__}: its stage has closed")
+            return {}
+        if who in self._answered:
+            first = self._answered[who]
+            if msg_stage is stage and (first is _SUMMED or first == message):
+                why = "second masked input (the first was summed)" if first is _SUMMED else "identical duplicate"
+                self._ignore(who, f"{why} {type(message).__name__}")
+                return {}
+            self._exclude(who, stage, f"sent a second, different {type(message).__name__} in stage {stage.value}")
+            return self._maybe_close()
         if who not in self._awaited:
-            why = "replayed" if self._is_known(who) else "from a client not in this stage"
-            raise self._fail(f"{type(message).__name__} {why} (client {who})")
-        fn: Callable[[Any], None] = getattr(self, handler)
+            self._ignore(who, f"{type(message).__name__} from a client not taking part in stage {stage.value}")
+            return {}
+        if msg_stage is not stage:
+            self._exclude(who, stage, f"sent {type(message).__name__} during stage {stage.value}")
+            return self._maybe_close()
+        if claimed != who:
+            self._exclude(who, stage, f"message claims to come from client {claimed}")
+            return self._maybe_close()
+        handler: Callable[[Any], None] = getattr(self, SERVER_TRANSITIONS[(self._state, type(message))])
         try:
-            fn(message)
+            handler(message)
         except SecAggError as exc:
-            raise self._fail(f"{type(message).__name__} from client {who}: {exc}", exc) from exc
+            self._exclude(who, stage, str(exc))
+            return self._maybe_close()
+        self._answered[who] = _SUMMED if isinstance(message, MaskedInput) else message
         self._awaited.discard(who)
-        if self._auto and not self._awaited:
-            return self.close_stage()
-        return {}
+        return self._maybe_close()
 
     def close_stage(self) -> dict[int, Message]:
         """Close the current stage (its deadline passed, or everyone answered).
@@ -263,7 +336,7 @@ class ServerSession:
 
         Raises:
             ProtocolAbort: the round cannot complete safely; nothing individual was revealed.
-            ProtocolError: the session is not collecting a stage.
+            LocalProtocolError: the session is not collecting a stage.
         """
         closer = {
             ServerState.COLLECT_KEYS: self._close_keys,
@@ -272,11 +345,10 @@ class ServerSession:
             ServerState.COLLECT_UNMASK: self._close_unmask,
         }.get(self._state)
         if closer is None:
-            if self._state is ServerState.FAILED:
-                raise ProtocolError(f"server session has failed ({self.failure}); start a new round")
-            raise ProtocolError(f"no stage to close in state {self._state.value}")
+            raise LocalProtocolError(f"no stage to close in state {self._state.value}")
         stage = _STAGE_OF[self._state].value
         self._dropped[stage] = tuple(sorted(self._awaited))
+        self._answered = {}
         return closer()
 
     def abort_messages(self) -> dict[int, Abort]:
@@ -287,13 +359,50 @@ class ServerSession:
         notice = Abort(self._config.round_id, self.abort_reason or "aborted")
         return {c: notice for c in sorted(self._participants)}
 
+    # -- exclusion ----------------------------------------------------------------------
+
+    def _maybe_close(self) -> dict[int, Message]:
+        if self._auto and not self._awaited and self._state in _STAGE_OF:
+            return self.close_stage()
+        return {}
+
+    def _ignore(self, who: int | None, why: str) -> None:
+        self._ignored.append((who, why))
+
+    def _exclude(self, who: int | None, stage: Stage, why: str) -> None:
+        """Treat ``who`` as dropped at ``stage`` and remember why; forget what it sent."""
+        if who is None or who not in self._participants or who in self._excluded:
+            self._ignore(who, f"unattributable: {why}")
+            return
+        err = RemoteProtocolError(f"client {who}, stage {stage.value}: {why}", client=who, stage=stage.value)
+        self._excluded[who] = err
+        self._awaited.discard(who)
+        self._answered.pop(who, None)
+        self._participants.discard(who)
+        if stage is Stage.ADVERTISE_KEYS and who in self._keys:
+            old = self._keys.pop(who)
+            for k in (old.mask_key, old.enc_key):
+                if self._key_owner.get(k) == who:
+                    del self._key_owner[k]
+        elif stage is Stage.SHARE_KEYS:
+            self._bundles.pop(who, None)
+        elif stage is Stage.UNMASKING:
+            for pool in (self._self_shares, self._key_shares):
+                for held in pool.values():
+                    held.pop(who, None)
+
     # -- stage 1 ------------------------------------------------------------------------
 
     def _on_keys(self, msg: AdvertiseKeys) -> None:
-        if msg.mask_key in self._key_set or msg.enc_key in self._key_set or msg.mask_key == msg.enc_key:
-            raise ProtocolError("advertised a public key already in use in this round")
+        if msg.mask_key == msg.enc_key:
+            raise MessageError("advertised the same public key for masking and for share encryption")
+        for key in (msg.mask_key, msg.enc_key):
+            owner = self._key_owner.get(key)
+            if owner is not None:
+                raise MessageError(f"advertised a public key client {owner} advertised first in this round")
+            _keys.check_public_key(key, "advertised public key")
         self._keys[msg.sender] = msg
-        self._key_set.update((msg.mask_key, msg.enc_key))
+        self._key_owner.update({msg.mask_key: msg.sender, msg.enc_key: msg.sender})
 
     def _close_keys(self) -> dict[int, Message]:
         cfg = self._config
@@ -319,7 +428,7 @@ class ServerSession:
         want = self._graph[msg.sender]
         got = {s.peer for s in msg.shares}
         if got != want:
-            raise ProtocolError(f"share bundles must go to exactly the sender's {len(want)} neighbours")
+            raise MessageError(f"share bundles must go to exactly the sender's {len(want)} neighbours")
         self._bundles[msg.sender] = {s.peer: s.ciphertext for s in msg.shares}
 
     def _close_shares(self) -> dict[int, Message]:
@@ -362,7 +471,7 @@ class ServerSession:
         cfg = self._config
         want = _packing.packed_size(cfg.d, cfg.bits)
         if len(msg.payload) != want:
-            raise ProtocolError(
+            raise MessageError(
                 f"masked input must be {want} bytes ({cfg.d} values of {cfg.bits} bits), got {len(msg.payload)}"
             )
         vec = _packing.unpack(msg.payload, cfg.bits, cfg.d)  # a memoryview into the received bytes: zero-copy
@@ -411,23 +520,28 @@ class ServerSession:
     def _on_unmask(self, msg: UnmaskShares) -> None:
         req = self._requests[msg.sender]
         if tuple(s.owner for s in msg.self_shares) != req.survivors:
-            raise ProtocolError("self-mask shares must be exactly those requested")
+            raise MessageError("self-mask shares must be exactly those requested")
         if tuple(s.owner for s in msg.key_shares) != req.dropped:
-            raise ProtocolError("mask-key shares must be exactly those requested")
+            raise MessageError("mask-key shares must be exactly those requested")
         own = [_shamir.Share.from_bytes(s.share) for s in msg.self_shares]
         keys = [_shamir.Share.from_bytes(s.share) for s in msg.key_shares]
         if any(sh.x != msg.sender for sh in (*own, *keys)):
-            raise ProtocolError("a revealed share is not at the sender's x-coordinate")
+            raise MessageError("a revealed share is not at the sender's x-coordinate")
+        want = SECRET_BYTES
+        if any(sh.secret_length != want for sh in (*own, *keys)):
+            raise MessageError(f"a revealed share is not a share of a {want}-byte secret")
         for s, sh in zip(msg.self_shares, own, strict=True):
-            self._self_shares.setdefault(s.owner, []).append(sh)
+            self._self_shares.setdefault(s.owner, {})[msg.sender] = sh
         for s, sh in zip(msg.key_shares, keys, strict=True):
-            self._key_shares.setdefault(s.owner, []).append(sh)
-        self._responded.add(msg.sender)
+            self._key_shares.setdefault(s.owner, {})[msg.sender] = sh
 
-    def _reconstruct(self, owner: int, shares: list[_shamir.Share], what: str) -> bytes:
-        """Secret of ``owner`` from its revealed shares: t + 1 shares when available (one
-        spare share detects a corrupted one), all of them with error correction if so."""
+    def _reconstruct(self, owner: int, pool: dict[int, _shamir.Share], what: str) -> bytes:
+        """Secret of ``owner`` from its revealed shares (in holder order): t + 1 shares when
+        available (one spare share detects a corrupted one), all of them with error
+        correction if so.  A corrupted share is not blamed on its holder: without the
+        dealer's signature nobody can prove who altered it (docs/threat-model.md)."""
         t = self._config.t
+        shares = [pool[h] for h in sorted(pool)]
         if len(shares) < t:
             raise self._abort(f"only {len(shares)} shares of client {owner}'s {what}, fewer than t={t}")
         try:
@@ -446,10 +560,10 @@ class ServerSession:
         masked_keys = {e.client_id: e.mask_key for e in self._roster.clients}
         needed = sorted(v for v in self._u2 - self._u3 if graph[v] & self._u3)
         # Reconstruct every secret first: abort before touching the running sum.
-        seeds = {u: self._reconstruct(u, self._self_shares.get(u, []), "self-mask seed") for u in u3}
+        seeds = {u: self._reconstruct(u, self._self_shares.get(u, {}), "self-mask seed") for u in u3}
         sks: dict[int, bytes] = {}
         for v in needed:
-            sk = self._reconstruct(v, self._key_shares.get(v, []), "mask key")
+            sk = self._reconstruct(v, self._key_shares.get(v, {}), "mask key")
             if _keys.public_key(sk) != masked_keys[v]:
                 raise self._abort(f"client {v}'s reconstructed mask key does not match its advertised public key")
             sks[v] = sk
@@ -469,21 +583,13 @@ class ServerSession:
         masker.add_many(acc, masks)
         reduce_inplace(acc, cfg.bits)
         self._acc = None
-        self.result = AggregateResult(acc, tuple(u3), dict(self._dropped), tuple(needed))
+        excluded = {c: str(e) for c, e in sorted(self._excluded.items())}
+        self.result = AggregateResult(acc, tuple(u3), dict(self._dropped), tuple(needed), excluded)
         self._self_shares, self._key_shares = {}, {}
         self._state = ServerState.DONE
         return {}
 
-    # -- failure and abort -------------------------------------------------------------
-
-    def _is_known(self, who: int) -> bool:
-        done: dict[ServerState, Collection[int]] = {
-            ServerState.COLLECT_KEYS: self._keys.keys(),
-            ServerState.COLLECT_SHARES: self._bundles.keys(),
-            ServerState.COLLECT_MASKED: self._u3,
-            ServerState.COLLECT_UNMASK: self._responded,
-        }
-        return who in done.get(self._state, ())
+    # -- abort -------------------------------------------------------------------------
 
     def _abort(self, reason: str) -> ProtocolAbort:
         self._state = ServerState.ABORTED
@@ -491,12 +597,3 @@ class ServerSession:
         self._acc = None
         self._bundles, self._self_shares, self._key_shares = {}, {}, {}
         return ProtocolAbort(reason)
-
-    def _fail(self, reason: str, cause: BaseException | None = None) -> ProtocolError:
-        err = ProtocolError(reason)
-        err.__cause__ = cause
-        self._state = ServerState.FAILED
-        self.failure = err
-        self._acc = None
-        self._bundles, self._self_shares, self._key_shares = {}, {}, {}
-        return err

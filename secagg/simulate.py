@@ -23,16 +23,15 @@ import numpy.typing as npt
 from secagg import graph as _graph
 from secagg.client import ClientSession, check_config, check_input
 from secagg.crypto.prg import Masker
+from secagg.driver import STAGES, drive_round
 from secagg.errors import SecAggTypeError, SecAggValueError
-from secagg.messages import Message, RoundConfig, ShareDelivery, Stage, decode_message
+from secagg.messages import RoundConfig, ShareDelivery, Stage, decode_message
 from secagg.rand import RandomSource, RngLike, as_random_source
 from secagg.ring import check_bits
-from secagg.server import ServerSession
+from secagg.transport import MemoryTransport
 
 __all__ = ["STAGES", "RoundResult", "make_config", "run_simulation", "simulate_round"]
 
-#: Stage names, in order (keys of ``dropouts``, ``bytes_up``, ``bytes_down``, ``timings``).
-STAGES: tuple[str, ...] = tuple(s.value for s in Stage)
 
 InputsLike = npt.ArrayLike | Sequence[npt.ArrayLike] | Callable[[int], npt.ArrayLike]
 
@@ -59,6 +58,8 @@ class RoundResult:
         graph: index -> neighbour indices, over the clients whose keys arrived.
         config: the :class:`~secagg.messages.RoundConfig` of the round.
         params: the :class:`~secagg.graph.GraphParameters` the parameters came from.
+        excluded: index -> one-line reason, for clients the server excluded for
+            misbehaviour (their input is not in the sum; dropouts are in ``dropped``).
     """
 
     aggregate: npt.NDArray[np.uint64]
@@ -76,6 +77,7 @@ class RoundResult:
     graph: dict[int, frozenset[int]] = field(repr=False)
     config: RoundConfig = field(repr=False)
     params: _graph.GraphParameters | None = field(repr=False, default=None)
+    excluded: dict[int, str] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -232,43 +234,6 @@ def make_config(
     return cfg, params
 
 
-# ----------------------------------------------------------------------------- the network
-
-
-class _Net:
-    """In-memory network: every message crosses as bytes; sizes are counted per stage."""
-
-    def __init__(self) -> None:
-        self.up = dict.fromkeys(STAGES, 0)
-        self.down = dict.fromkeys(STAGES, 0)
-        self._cache: tuple[Message, bytes] | None = None
-
-    def send_up(self, stage: str, msg: Message) -> bytes:
-        data = msg.encode()
-        self.up[stage] += len(data)
-        return data
-
-    def send_down(self, stage: str, msg: Message) -> bytes:
-        # A broadcast (one roster object for every client) is encoded once.
-        if self._cache is not None and self._cache[0] is msg:
-            data = self._cache[1]
-        else:
-            data = msg.encode()
-            self._cache = (msg, data)
-        self.down[stage] += len(data)
-        return data
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.t = {s: {"client": 0.0, "server": 0.0} for s in STAGES}
-
-    def add(self, stage: str, role: str, t0: float) -> float:
-        now = time.perf_counter()
-        self.t[stage][role] += now - t0
-        return now
-
-
 def simulate_round(  # noqa: PLR0917 - the contract's positional names
     inputs: InputsLike,
     bits: int = 32,
@@ -380,6 +345,31 @@ def run_simulation(
     return _drive(config, None, get, _dropouts(dropouts, config.n), as_random_source(rng))
 
 
+class _SimClient:
+    """One simulated client as an in-memory :data:`~secagg.transport.Endpoint`: a real
+    :class:`~secagg.client.ClientSession` fed the bytes that reach it."""
+
+    def __init__(self, cid: int, seed: bytes, get: Callable[[int], object], masker: Masker, spent: list[float]) -> None:
+        self._cid, self._seed, self._get, self._masker = cid, seed, get, masker
+        self._session: ClientSession | None = None
+        self._spent = spent  # seconds spent producing inputs (not protocol time)
+
+    def __call__(self, stage: Stage, data: bytes) -> bytes | None:
+        if self._session is None:
+            cfg = decode_message(data, RoundConfig)
+            assert isinstance(cfg, RoundConfig)
+            self._session = ClientSession(cfg, self._cid, self._seed, masker=self._masker)
+            return self._session.start().encode()
+        msg = decode_message(data)
+        vec = None
+        if isinstance(msg, ShareDelivery):
+            t0 = time.perf_counter()
+            vec = self._get(self._cid - 1)
+            self._spent[0] += time.perf_counter() - t0
+        reply = self._session.receive(msg, input=vec)
+        return None if reply is None else reply.encode()
+
+
 def _drive(
     cfg: RoundConfig,
     params: _graph.GraphParameters | None,
@@ -389,64 +379,25 @@ def _drive(
 ) -> RoundResult:
     n_, d_, bits = cfg.n, cfg.d, cfg.bits
     client_seeds = [master.bytes(32) for _ in range(n_)]
-    net, clock = _Net(), _Clock()
     masker = Masker(d_, bits)
-    server = ServerSession(cfg, auto_close=False, masker=masker)
-    clients: dict[int, ClientSession] = {}
-
-    # Stage 1: the server sends the config; clients advertise keys.
-    st = Stage.ADVERTISE_KEYS.value
-    cfg_bytes = net.send_down(st, cfg)
-    for cid in range(1, n_ + 1):
-        if cid > 1:
-            net.down[st] += len(cfg_bytes)
-        if cid in drop[st]:
-            continue
-        t0 = time.perf_counter()
-        received = decode_message(cfg_bytes, RoundConfig)
-        assert isinstance(received, RoundConfig)
-        client = ClientSession(received, cid, client_seeds[cid - 1], masker=masker)
-        data = net.send_up(st, client.start())
-        t0 = clock.add(st, "client", t0)
-        server.receive(data)
-        clock.add(st, "server", t0)
-        clients[cid] = client
-    t0 = time.perf_counter()
-    outbox = server.close_stage()
-    clock.add(st, "server", t0)
-
-    for st in STAGES[1:]:
-        for cid, msg in outbox.items():
-            down = net.send_down(st, msg)
-            if cid in drop[st]:
-                continue
-            client = clients[cid]
-            vec = get(cid - 1) if isinstance(msg, ShareDelivery) else None  # the input is not protocol time
-            t0 = time.perf_counter()
-            reply = client.receive(down, input=vec)
-            if reply is None:
-                clock.add(st, "client", t0)
-                continue
-            data = net.send_up(st, reply)
-            t0 = clock.add(st, "client", t0)
-            server.receive(data)
-            clock.add(st, "server", t0)
-        t0 = time.perf_counter()
-        outbox = server.close_stage()
-        clock.add(st, "server", t0)
-
-    res = server.result
-    assert res is not None
-    timings = {s: dict(v) for s, v in clock.t.items()}
-    timings["total"] = {r: sum(clock.t[s][r] for s in STAGES) for r in ("client", "server")}
-    graph = {u - 1: frozenset(v - 1 for v in nb) for u, nb in server.graph.items()}
+    spent = [0.0]
+    endpoints = {cid: _SimClient(cid, client_seeds[cid - 1], get, masker, spent) for cid in range(1, n_ + 1)}
+    # time.perf_counter is looked up here, at call time, so a benchmark can swap the clock
+    transport = MemoryTransport(endpoints, silent={Stage(s): ids for s, ids in drop.items()}, clock=time.perf_counter)
+    run = drive_round(cfg, transport, masker=masker, timer=time.perf_counter)
+    res = run.result
+    client_s = dict(transport.client_seconds)
+    client_s[Stage.MASKED_INPUT.value] -= spent[0]  # producing an input is not protocol time
+    timings = {s: {"client": client_s[s], "server": run.server_seconds[s]} for s in STAGES}
+    timings["total"] = {r: sum(timings[s][r] for s in STAGES) for r in ("client", "server")}
+    graph = {u - 1: frozenset(v - 1 for v in nb) for u, nb in run.graph.items()}
     return RoundResult(
         aggregate=res.aggregate.astype(np.uint64),
         survivors=[u - 1 for u in res.survivors],
         dropped={s: [u - 1 for u in res.dropped.get(s, ())] for s in STAGES},
         recovered=[u - 1 for u in res.recovered_keys],
-        bytes_up=net.up,
-        bytes_down=net.down,
+        bytes_up=run.bytes_up,
+        bytes_down=run.bytes_down,
         timings=timings,
         k=cfg.degree,
         t=cfg.t,
@@ -456,5 +407,5 @@ def _drive(
         graph=graph,
         config=cfg,
         params=params,
+        excluded={u - 1: why for u, why in res.excluded.items()},
     )
-

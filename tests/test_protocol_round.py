@@ -284,7 +284,7 @@ def test_property_simulate_round_defaults(n: int, bits: int, neighbors: str | No
 def test_round_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["round", "--clients", "20", "--dim", "50", "--dropout", "0.2", "--seed", "3"]) == 0
     out = capsys.readouterr().out
-    assert "aggregate checked" in out and "k=" in out and "masked_input" in out
+    assert "aggregate checked" in out and ("k=" in out or "complete graph" in out) and "masked_input" in out
     assert cli_main(["round", "--clients", "8", "--dim", "5", "--neighbors", "all", "--bits", "20"]) == 0
     assert "complete graph" in capsys.readouterr().out
     assert cli_main(["round", "--clients", "10", "--dim", "5", "--dropout", "0.9", "--neighbors", "all"]) == 0

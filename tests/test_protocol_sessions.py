@@ -12,9 +12,11 @@ import pytest
 
 from secagg.client import CLIENT_TRANSITIONS, ClientSession, ClientState, check_config, roster_graph
 from secagg.errors import (
+    LocalProtocolError,
     MessageError,
     ProtocolAbort,
     ProtocolError,
+    RemoteProtocolError,
     SecAggTypeError,
     SecAggValueError,
     SecurityViolation,
@@ -312,10 +314,6 @@ def test_legal_client_pairs_are_exactly_the_table(reference: Run) -> None:
 def server_in(run: Run, state: ServerState) -> ServerSession:
     """A fresh server fed the reference round's genuine messages up to ``state``."""
     s = ServerSession(run.cfg, auto_close=False)
-    if state is ServerState.FAILED:
-        with pytest.raises(ProtocolError):
-            s.receive(sample(run, UnmaskShares))
-        return s
     order = [ServerState.COLLECT_KEYS, ServerState.COLLECT_SHARES, ServerState.COLLECT_MASKED,
              ServerState.COLLECT_UNMASK, ServerState.DONE]  # fmt: skip
     if state is ServerState.ABORTED:
@@ -332,19 +330,44 @@ def server_in(run: Run, state: ServerState) -> ServerSession:
     return s
 
 
-SERVER_ILLEGAL = [(s, cls) for s in ServerState for cls in ALL_TYPES if (s, cls) not in SERVER_TRANSITIONS]
+COLLECTING = [ServerState.COLLECT_KEYS, ServerState.COLLECT_SHARES, ServerState.COLLECT_MASKED,
+              ServerState.COLLECT_UNMASK]  # fmt: skip
+SERVER_ILLEGAL = [(s, cls) for s in COLLECTING for cls in ALL_TYPES if (s, cls) not in SERVER_TRANSITIONS]
 
 
 @pytest.mark.parametrize(("state", "cls"), SERVER_ILLEGAL, ids=lambda v: getattr(v, "__name__", str(v)))
-def test_every_illegal_server_pair_fails_sticky(reference: Run, state: ServerState, cls: type[Message]) -> None:
+def test_every_illegal_server_pair_excludes_or_ignores(reference: Run, state: ServerState, cls: type[Message]) -> None:
+    """A message illegal in the current stage never fails the session: a message of an
+    earlier stage is late (ignored), any other excludes its sender; the round goes on."""
     server = server_in(reference, state)
-    with pytest.raises(ProtocolError):
-        server.receive(sample(reference, cls).encode())
-    assert server.state is ServerState.FAILED
-    with pytest.raises(ProtocolError):
+    stage = STAGES[COLLECTING.index(state)]
+    msg = sample(reference, cls)
+    late = cls in SERVER_BOUND and SERVER_BOUND.index(cls) < COLLECTING.index(state)
+    server.receive(msg.encode(), sender=1)
+    assert server.state is state
+    if late:
+        assert 1 not in server.excluded and server.ignored
+    else:
+        err = server.excluded[1]
+        assert isinstance(err, RemoteProtocolError) and err.client == 1 and err.stage == stage
+        assert 1 not in server.awaited
+    others = [m for c, m in reference.up[stage].items() if c != 1]
+    for m in others:
+        server.receive(m)
+    if late:
+        server.receive(reference.up[stage][1])
+    server.close_stage()
+    assert server.state is not ServerState.ABORTED
+
+
+@pytest.mark.parametrize("state", [ServerState.DONE, ServerState.ABORTED])
+def test_terminal_server_refuses_as_local_error(reference: Run, state: ServerState) -> None:
+    server = server_in(reference, state)
+    with pytest.raises(LocalProtocolError):
         server.receive(reference.up["advertise_keys"][1])
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         server.close_stage()
+    assert server.state is state
 
 
 def test_legal_server_pairs(reference: Run) -> None:
@@ -352,41 +375,47 @@ def test_legal_server_pairs(reference: Run) -> None:
         server = server_in(reference, state)
         server.receive(sample(reference, cls))
         assert server.state is state
+        assert not server.excluded
 
 
 # ----------------------------------------------------------------------------- replays, rounds, senders
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_server_rejects_replayed_message(reference: Run, stage: str) -> None:
-    state = [ServerState.COLLECT_KEYS, ServerState.COLLECT_SHARES, ServerState.COLLECT_MASKED,
-             ServerState.COLLECT_UNMASK][STAGES.index(stage)]  # fmt: skip
-    server = server_in(reference, state)
+def test_server_ignores_identical_duplicate(reference: Run, stage: str) -> None:
+    server = server_in(reference, COLLECTING[STAGES.index(stage)])
     msg = reference.up[stage][3]
     server.receive(msg)
-    with pytest.raises(ProtocolError, match="replayed"):
-        server.receive(msg)
-    assert server.state is ServerState.FAILED
-    assert server.result is None
+    server.receive(msg)
+    assert not server.excluded and server.ignored[-1][0] == 3
+    assert 3 not in server.awaited
 
 
-def test_server_rejects_cross_round_unknown_and_spoofed_senders(reference: Run) -> None:
+@pytest.mark.parametrize("stage", ["advertise_keys", "share_keys", "unmasking"])
+def test_server_excludes_conflicting_duplicate(reference: Run, stage: str) -> None:
+    server = server_in(reference, COLLECTING[STAGES.index(stage)])
+    msg = reference.up[stage][3]
+    server.receive(msg)
+    other = dataclasses.replace(reference.up[stage][4], sender=3)
+    server.receive(other, sender=3)
+    assert "second, different" in str(server.excluded[3])
+
+
+def test_server_excludes_spoofed_and_ignores_stale_senders(reference: Run) -> None:
     msg = reference.up["advertise_keys"][2]
     assert isinstance(msg, AdvertiseKeys)
-    for bad in (
-        dataclasses.replace(msg, round_id=OTHER_RID),
-        dataclasses.replace(msg, sender=99),
-    ):
-        server = server_in(reference, ServerState.COLLECT_KEYS)
-        with pytest.raises(ProtocolError):
-            server.receive(bad)
-        assert server.state is ServerState.FAILED
     server = server_in(reference, ServerState.COLLECT_KEYS)
-    with pytest.raises(ProtocolError, match="transport"):
-        server.receive(msg, sender=3)
-    server = server_in(reference, ServerState.COLLECT_KEYS)
-    with pytest.raises(ProtocolError, match="undecodable"):
-        server.receive(b"garbage")
+    server.receive(dataclasses.replace(msg, round_id=OTHER_RID), sender=2)  # a stale round: ignored
+    assert not server.excluded and 2 in server.awaited
+    server.receive(dataclasses.replace(msg, sender=99))  # no such client: ignored
+    assert not server.excluded
+    server.receive(msg, sender=3)  # client 3 sends client 2's message: 3 is the spoofer
+    assert set(server.excluded) == {3} and "claims" in str(server.excluded[3])
+    assert 2 in server.awaited
+    server.receive(b"garbage", sender=4)
+    assert "undecodable" in str(server.excluded[4])
+    server.receive(b"garbage")  # nobody to blame
+    assert set(server.excluded) == {3, 4}
 
 
 @pytest.mark.parametrize("stage", STAGES[1:])
@@ -404,13 +433,20 @@ def test_server_accepts_matching_transport_sender(reference: Run) -> None:
     assert server.awaited == frozenset({1, 3, 4, 5, 6})
 
 
-def test_server_rejects_duplicate_public_keys(reference: Run) -> None:
+def test_server_excludes_copied_equal_and_small_order_keys(reference: Run) -> None:
     server = server_in(reference, ServerState.COLLECT_KEYS)
     a = reference.up["advertise_keys"][1]
-    assert isinstance(a, AdvertiseKeys)
+    b = reference.up["advertise_keys"][3]
+    assert isinstance(a, AdvertiseKeys) and isinstance(b, AdvertiseKeys)
     server.receive(a)
-    with pytest.raises(ProtocolError, match="already in use"):
-        server.receive(dataclasses.replace(a, sender=2))
+    server.receive(dataclasses.replace(a, sender=2))  # copies client 1's keys
+    server.receive(dataclasses.replace(b, enc_key=b.mask_key))
+    server.receive(dataclasses.replace(reference.up["advertise_keys"][4], mask_key=bytes(32)))
+    assert set(server.excluded) == {2, 3, 4}
+    assert "client 1 advertised first" in str(server.excluded[2])
+    assert "same public key" in str(server.excluded[3])
+    assert "small-order" in str(server.excluded[4])
+    assert 1 not in server.excluded
 
 
 def test_client_rejects_cross_round_and_misaddressed(reference: Run) -> None:
@@ -426,7 +462,7 @@ def test_client_rejects_cross_round_and_misaddressed(reference: Run) -> None:
         client.receive(b"SAgg\x01\x03")
 
 
-def test_server_rejects_share_bundles_to_non_neighbours() -> None:
+def test_server_excludes_share_bundles_to_non_neighbours() -> None:
     cfg = make_config(n=12, k=4, t=3, expected_survivors=3)
     run = drive(cfg, until="share_keys")
     msg = run.up["share_keys"][1]
@@ -435,9 +471,8 @@ def test_server_rejects_share_bundles_to_non_neighbours() -> None:
     for m in run.up["advertise_keys"].values():
         server.receive(m)
     server.close_stage()
-    wrong = dataclasses.replace(msg, shares=msg.shares[:-1])
-    with pytest.raises(ProtocolError, match="neighbours"):
-        server.receive(wrong)
+    server.receive(dataclasses.replace(msg, shares=msg.shares[:-1]))
+    assert "neighbours" in str(server.excluded[1])
 
 
 # ----------------------------------------------------------------------------- tampering and lengths
@@ -501,28 +536,28 @@ def test_wrong_input_vector_leaves_client_unchanged(reference: Run) -> None:
         client.provide_input(reference.inputs[1])  # twice
 
 
-def test_server_rejects_wrong_vector_length(reference: Run) -> None:
+def test_server_excludes_wrong_vector_length(reference: Run) -> None:
     msg = reference.up["masked_input"][1]
     assert isinstance(msg, MaskedInput)
     for payload in (bytes(msg.payload)[:-1], bytes(msg.payload) + b"\x00"):
         server = server_in(reference, ServerState.COLLECT_MASKED)
-        with pytest.raises(ProtocolError, match="bytes"):
-            server.receive(MaskedInput(RID, 1, payload))
-        assert server.state is ServerState.FAILED
+        server.receive(MaskedInput(RID, 1, payload))
+        assert "bytes" in str(server.excluded[1])
+        assert server.state is ServerState.COLLECT_MASKED
 
 
-def test_server_rejects_unrequested_or_foreign_shares(reference: Run) -> None:
+def test_server_excludes_unrequested_or_foreign_shares(reference: Run) -> None:
     msg = reference.up["unmasking"][1]
     assert isinstance(msg, UnmaskShares)
     server = server_in(reference, ServerState.COLLECT_UNMASK)
-    with pytest.raises(ProtocolError, match="requested"):
-        server.receive(dataclasses.replace(msg, self_shares=msg.self_shares[1:]))
+    server.receive(dataclasses.replace(msg, self_shares=msg.self_shares[1:]))
+    assert "requested" in str(server.excluded[1])
     other = reference.up["unmasking"][2]
     assert isinstance(other, UnmaskShares)
     server = server_in(reference, ServerState.COLLECT_UNMASK)
     # client 2's shares sent under client 1's name: wrong x-coordinates (and owners)
-    with pytest.raises(ProtocolError):
-        server.receive(dataclasses.replace(other, sender=1))
+    server.receive(dataclasses.replace(other, sender=1))
+    assert 1 in server.excluded
 
 
 def test_corrupted_shares_are_corrected_or_abort(reference: Run) -> None:

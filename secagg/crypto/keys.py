@@ -46,6 +46,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "agree",
     "agree_many",
+    "check_public_key",
     "derive",
     "derive_info",
     "generate_keypair",
@@ -222,6 +223,27 @@ def generate_keypair(rng: RngLike = None) -> tuple[bytes, bytes]:
     """``(private, public)`` raw X25519 key pair (see :func:`generate_private_key`)."""
     private = generate_private_key(rng)
     return private, public_key(private)
+
+
+#: A fixed, public probe scalar: clamped X25519 scalars are multiples of the cofactor 8, so
+#: ``X25519(probe, P)`` is all-zero exactly when ``P`` has small order (RFC 7748 §6.1).
+_PROBE = X25519PrivateKey.from_private_bytes(hashlib.sha256(b"secagg/x25519-small-order-probe/v1").digest())
+
+
+def check_public_key(public: object, name: str = "public key") -> bytes:
+    """Refuse a peer X25519 public key that is not 32 bytes or has small order (the
+    all-zero key among them); return it as bytes.
+
+    Checked where a key arrives (the server refuses the advertisement and excludes its
+    sender), before any agreement uses it.
+
+    Raises:
+        SecAggValueError: not exactly 32 bytes.
+        CryptoError: a small-order point (any agreement with it is predictable).
+    """
+    pub = _key_bytes(public, name)
+    _exchange(_PROBE, pub, name)
+    return pub
 
 
 def _exchange(key: X25519PrivateKey, peer_public: object, name: str) -> bytes:
