@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from dp._validate import check_int, check_real
 from dp.errors import DPTypeError, DPValueError
 from dp.rand import RngLike
 from dp.samplers import sample_discrete_gaussian
@@ -43,23 +44,11 @@ _C_RANGE: tuple[float, float] = (1e-300, 1e300)
 
 
 def _check_real(name: str, value: object, *, low: float = 0.0, low_open: bool = True, high: float = math.inf) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise DPTypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise DPValueError(f"{name} must be finite, got {v}")
-    if v < low or (low_open and v == low) or v > high:
-        lo_b = "(" if low_open else "["
-        raise DPValueError(f"{name} must lie in {lo_b}{low}, {high}], got {v}")
-    return v
+    return check_real(name, value, low=low, low_open=low_open, high=high)
 
 
 def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise DPTypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise DPValueError(f"{name} must be >= {low}, got {int(value)}")
-    return int(value)
+    return check_int(name, value, low=low)
 
 
 def _as_float_vector(x: npt.ArrayLike) -> npt.NDArray[np.float64]:

@@ -59,11 +59,12 @@ import numpy as np
 import numpy.typing as npt
 
 from dp._ring import centered_lift, check_bits, ring_dtype
+from dp._validate import check_int, check_real
 from dp.clipping import clip_l2
 from dp.errors import DPError, DPTypeError, DPValueError
 from dp.mechanisms import DiscreteGaussian, Skellam
 from dp.rand import RandomSource, RngLike, as_random_source
-from dp.rotation import DEFAULT_MAX_PADDING, BlockLayout, HadamardRotation, _check_int, block_layouts, choose_layout
+from dp.rotation import DEFAULT_MAX_PADDING, MAX_COUNT, BlockLayout, HadamardRotation, block_layouts, choose_layout
 from dp.samplers import MAX_MU, MAX_SCALE
 
 __all__ = [
@@ -96,13 +97,8 @@ _NORM_SLACK = 1e-12
 
 
 def _check_float(name: str, value: object, *, low: float = 0.0, high: float = math.inf, open_low: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise DPTypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if math.isnan(v) or not (v > low if open_low else v >= low) or not v < high:
-        lo = "(" if open_low else "["
-        raise DPValueError(f"{name} must be in {lo}{low}, {high}), got {value}")
-    return v
+    """``value`` as a float in ``(low, high)`` (``[low, high)`` when not ``open_low``)."""
+    return check_real(name, value, low=low, high=high, low_open=open_low, high_open=True)
 
 
 def _check_mechanism(mechanism: object) -> str:
@@ -126,7 +122,7 @@ def rounded_norm_bound(scaled_clip: float, dim: int, beta: float) -> float:
     less than 1), so ``beta = 0`` gives the deterministic bound.
     """
     c = _check_float("scaled_clip", scaled_clip, open_low=False)
-    d = _check_int("dim", dim, 1)
+    d = check_int("dim", dim, low=1, high=MAX_COUNT)
     b = _check_float("beta", beta, high=1.0, open_low=False)
     det = (c + math.sqrt(d)) ** 2
     if b == 0.0:
@@ -195,11 +191,11 @@ def modular_clip_probability(
     Returns:
         The bound, in [0, 1]; see the module docstring for its derivation.
     """
-    b = _check_int("bits", bits, 1)
-    n = _check_int("clients", clients, 1)
+    b = check_int("bits", bits, low=1, high=MAX_COUNT)
+    n = check_int("clients", clients, low=1, high=MAX_COUNT)
     c = _check_float("scaled_clip", scaled_clip, open_low=False)
-    bs = _check_int("block_size", block_size, 1)
-    dd = _check_int("padded_dim", padded_dim, 1)
+    bs = check_int("block_size", block_size, low=1, high=MAX_COUNT)
+    dd = check_int("padded_dim", padded_dim, low=1, high=MAX_COUNT)
     mech = _check_mechanism(mechanism)
     nz = _check_float("noise", noise, open_low=False)
     beta = _check_float("rounding_beta", rounding_beta, high=1.0, open_low=False)
@@ -235,7 +231,7 @@ def conditional_round(
     if not np.all(np.isfinite(arr)):
         raise DPValueError("conditional_round: y contains NaN or infinity")
     bnd = _check_float("bound", bound, open_low=False)
-    attempts = _check_int("max_attempts", max_attempts, 1)
+    attempts = check_int("max_attempts", max_attempts, low=1, high=MAX_COUNT)
     if np.max(np.abs(arr), initial=0.0) >= 2.0**62:
         raise DPValueError("conditional_round: |y| >= 2^62 does not fit int64; lower the scale")
     src = as_random_source(rng)
@@ -368,17 +364,18 @@ class DistributedPlan:
     _noise: DiscreteGaussian | Skellam = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        n = _check_int("clients_expected", self.clients_expected, 2)
-        m = _check_int("min_clients", self.min_clients, 2)
-        c = _check_int("colluders", self.colluders, 0)
+        n = check_int("clients_expected", self.clients_expected, low=2, high=MAX_COUNT)
+        m = check_int("min_clients", self.min_clients, low=2, high=MAX_COUNT)
+        c = check_int("colluders", self.colluders, low=0, high=MAX_COUNT)
         if not (c + 2 <= m <= n):
             raise DPValueError(f"need colluders + 2 <= min_clients <= clients_expected, got {c}, {m}, {n}")
-        if not isinstance(self.layout, BlockLayout) or self.layout.dim != _check_int("dim", self.dim, 1):
+        dim = check_int("dim", self.dim, low=1, high=MAX_COUNT)
+        if not isinstance(self.layout, BlockLayout) or self.layout.dim != dim:
             raise DPValueError("layout must be a BlockLayout for dim")
         _check_float("clip_norm", self.clip_norm, high=math.inf)
         _check_float("noise_multiplier", self.noise_multiplier)
         mech = _check_mechanism(self.mechanism)
-        _check_int("bits", self.bits, _MIN_EXPLICIT_BITS)
+        check_int("bits", self.bits, low=_MIN_EXPLICIT_BITS, high=MAX_COUNT)
         if self.bits > _MAX_EXPLICIT_BITS:
             raise DPValueError(f"bits must be <= {_MAX_EXPLICIT_BITS}, got {self.bits}")
         _check_float("scale", self.scale)
@@ -402,7 +399,7 @@ class DistributedPlan:
         _check_float("modular_clip_target", self.modular_clip_target, high=1.0)
         if self.modular_clip_prob > self.modular_clip_target:
             raise DPValueError("modular_clip_prob exceeds modular_clip_target")
-        _check_int("max_rounding_attempts", self.max_rounding_attempts, 1)
+        check_int("max_rounding_attempts", self.max_rounding_attempts, low=1, high=MAX_COUNT)
         object.__setattr__(self, "_noise", noise)
 
     # -- derived figures ------------------------------------------------------------------
@@ -465,7 +462,10 @@ class DistributedPlan:
                 f"not a DistributedPlan.to_dict() document: missing keys {missing}, unknown keys {unknown}"
             )
         try:
-            layout = BlockLayout(_check_int("dim", d["dim"], 1), _check_int("block_size", d["block_size"], 1))
+            layout = BlockLayout(
+                check_int("dim", d["dim"], low=1, high=MAX_COUNT),
+                check_int("block_size", d["block_size"], low=1, high=MAX_COUNT),
+            )
             plan = cls(layout=layout, **{k: d[k] for k in _PLAN_FIELDS})
         except DPTypeError as exc:
             raise DPValueError(f"invalid distributed-DP plan: {exc}") from exc
@@ -568,7 +568,7 @@ class DistributedPlan:
             DPValueError: ``survivors`` below ``min_clients`` (the protocol must not unmask) or
                 above ``clients_expected`` (outside the modular-clipping bound).
         """
-        m = _check_int("survivors", survivors, 1)
+        m = check_int("survivors", survivors, low=1, high=MAX_COUNT)
         if not self.min_clients <= m <= self.clients_expected:
             raise DPValueError(
                 f"survivors={m} is outside [min_clients={self.min_clients}, clients_expected={self.clients_expected}]: "
@@ -755,9 +755,9 @@ def plan_distributed(
         DPValueError: invalid arguments, or no bit width can hold the sum (the message says
             which width would).
     """
-    n = _check_int("clients_expected", clients_expected, 2)
-    m = _check_int("min_clients", min_clients, 2)
-    c = _check_int("colluders", colluders, 0)
+    n = check_int("clients_expected", clients_expected, low=2, high=MAX_COUNT)
+    m = check_int("min_clients", min_clients, low=2, high=MAX_COUNT)
+    c = check_int("colluders", colluders, low=0, high=MAX_COUNT)
     if m > n:
         raise DPValueError(f"min_clients={m} exceeds clients_expected={n}")
     if m - 1 - c < 1:
@@ -765,18 +765,18 @@ def plan_distributed(
             f"with min_clients={m} and colluders={c} no honest client's noise protects another "
             "(need min_clients >= colluders + 2); raise min_clients or lower colluders"
         )
-    d = _check_int("dim", dim, 1)
+    d = check_int("dim", dim, low=1, high=MAX_COUNT)
     clip = _check_float("clip_norm", clip_norm)
     z = _check_float("noise_multiplier", noise_multiplier)
     mech = _check_mechanism(mechanism)
     if bits is not None:
-        bits = _check_int("bits", bits, _MIN_EXPLICIT_BITS)
+        bits = check_int("bits", bits, low=_MIN_EXPLICIT_BITS, high=MAX_COUNT)
         if bits > _MAX_EXPLICIT_BITS:
             raise DPValueError(f"bits must be <= {_MAX_EXPLICIT_BITS}, got {bits}")
     target = _check_float("modular_clip_prob", modular_clip_prob, high=1.0)
     beta = _check_float("rounding_beta", rounding_beta, high=1.0, open_low=False)
     overhead = _check_float("rounding_overhead", rounding_overhead)
-    attempts = _check_int("max_rounding_attempts", max_rounding_attempts, 1)
+    attempts = check_int("max_rounding_attempts", max_rounding_attempts, low=1, high=MAX_COUNT)
     layouts = [choose_layout(d, block_size=block_size)] if block_size is not None else block_layouts(d, max_padding)
     layouts = layouts[:8]  # smaller blocks flatten worse and are never chosen in practice
 

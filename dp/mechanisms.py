@@ -41,6 +41,7 @@ from typing import Final, overload
 import numpy as np
 import numpy.typing as npt
 
+from dp._validate import check_bool, check_int
 from dp.errors import DPTypeError, DPValueError
 from dp.rand import RngLike, as_random_source
 from dp.samplers import (
@@ -95,18 +96,8 @@ def _out(vals: FloatArray, scalar: bool) -> FloatArray | float:
     return float(vals) if scalar else vals
 
 
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise DPTypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
-
-
 def _check_grid_bits(value: object) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise DPTypeError(f"grid_bits must be an int, got {type(value).__name__}")
-    if not 0 <= value <= _MAX_GRID_BITS:
-        raise DPValueError(f"grid_bits must be in [0, {_MAX_GRID_BITS}], got {int(value)}")
-    return int(value)
+    return check_int("grid_bits", value, low=0, high=_MAX_GRID_BITS)
 
 
 def _grid_for(width: float, grid_bits: int) -> float:
@@ -346,7 +337,7 @@ class Gaussian:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigma", _check_param("sigma", self.sigma, MIN_SCALE, MAX_SCALE))
-        object.__setattr__(self, "secure", _check_bool("secure", self.secure))
+        object.__setattr__(self, "secure", check_bool("secure", self.secure))
         object.__setattr__(self, "grid_bits", _check_grid_bits(self.grid_bits))
 
     @property
@@ -439,7 +430,7 @@ class Laplace:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", _check_param("scale", self.scale, MIN_SCALE, MAX_SCALE))
-        object.__setattr__(self, "secure", _check_bool("secure", self.secure))
+        object.__setattr__(self, "secure", check_bool("secure", self.secure))
         object.__setattr__(self, "grid_bits", _check_grid_bits(self.grid_bits))
 
     @property

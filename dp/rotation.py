@@ -32,11 +32,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from dp._validate import check_int, check_nonnegative
 from dp.errors import DPTypeError, DPValueError
 from dp.rand import RandomSource
 
 __all__ = [
     "DEFAULT_MAX_PADDING",
+    "MAX_COUNT",
     "BlockLayout",
     "HadamardRotation",
     "block_layouts",
@@ -52,21 +54,17 @@ DEFAULT_MAX_PADDING = 0.25
 _SIGN_LABEL = b"secagg/dp/rotation/signs/v1|"
 
 
+#: Largest dimension, block size or client count accepted (2**40): beyond it the float
+#: arithmetic of the layout and noise planning is no longer exact, and no model is that big.
+MAX_COUNT = 1 << 40
+
+
 def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise DPTypeError(f"{name} must be an int, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise DPValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return check_int(name, value, low=minimum, high=MAX_COUNT)
 
 
 def _check_fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise DPTypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not (math.isfinite(v) and v >= 0.0):
-        raise DPValueError(f"{name} must be a finite number >= 0, got {value}")
-    return v
+    return check_nonnegative(name, value)
 
 
 @dataclass(frozen=True)

@@ -62,11 +62,13 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from dp._validate import check_int, check_positive
 from dp.errors import DPError, DPTypeError, DPValueError
 from dp.rand import RandomSource, RngLike, as_random_source
 
 __all__ = [
     "MAX_MU",
+    "MAX_SAMPLES",
     "MAX_SCALE",
     "MIN_MU",
     "MIN_SCALE",
@@ -105,23 +107,21 @@ _INT_LIMIT: Final = 1 << 62
 # ----------------------------------------------------------------------------- validation
 
 
+#: Most samples one call may ask for (2**40); larger sizes are refused with DPValueError.
+MAX_SAMPLES: Final = 1 << 40
+
+
 def _check_param(name: str, value: object, low: float, high: float) -> float:
-    """``value`` as a float in ``[low, high]``; DPTypeError / DPValueError otherwise."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    """``value`` as a float in ``[low, high]`` (``low > 0``); DPTypeError / DPValueError otherwise.
+
+    Only ``int``/``float`` and numpy numbers are accepted (not ``Fraction``/``Decimal``).
+    """
+    if not isinstance(value, (int, float, np.integer, np.floating)):
         raise DPTypeError(f"{name} must be a real number (int or float), got {type(value).__name__}")
-    try:
-        v = float(value)
-    except OverflowError:
-        raise DPValueError(f"{name} is too large; it must lie in [{low!r}, {high!r}]") from None
-    if math.isnan(v):
-        raise DPValueError(f"{name} must be a number, got NaN")
-    if math.isinf(v):
-        raise DPValueError(f"{name} must be finite, got {v}")
-    if v <= 0:
-        raise DPValueError(f"{name} must be > 0, got {v}")
-    if not low <= v <= high:
-        raise DPValueError(f"{name} must lie in [{low!r}, {high!r}], got {v!r}")
-    return v
+    x = check_positive(name, value)
+    if not low <= x <= high:
+        raise DPValueError(f"{name} must lie in [{low!r}, {high!r}], got {x!r}")
+    return x
 
 
 def _check_size(size: object) -> tuple[tuple[int, ...], int]:
@@ -134,12 +134,11 @@ def _check_size(size: object) -> tuple[tuple[int, ...], int]:
         raise DPTypeError(f"size must be an int or a tuple of ints, got {type(size).__name__}")
     shape: list[int] = []
     for d in dims:
-        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
-            raise DPTypeError(f"size entries must be ints, got {type(d).__name__}")
-        if d < 0:
-            raise DPValueError(f"size entries must be >= 0, got {int(d)}")
-        shape.append(int(d))
-    return tuple(shape), math.prod(shape)
+        shape.append(check_int("size entries", d, low=0, high=MAX_SAMPLES))
+    total = math.prod(shape)
+    if total > MAX_SAMPLES:
+        raise DPValueError(f"size asks for {total} samples; at most {MAX_SAMPLES} per call")
+    return tuple(shape), total
 
 
 # ------------------------------------------------------------- exact arithmetic (fallback)

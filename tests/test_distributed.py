@@ -455,3 +455,16 @@ def test_plan_from_dict_refuses_bad_documents() -> None:
     for key in ("scale", "block_size", "padded_dim"):
         with pytest.raises(DPValueError, match="missing"):
             DistributedPlan.from_dict({k: v for k, v in good.items() if k != key})
+
+
+@pytest.mark.parametrize("field", ["dim", "clients_expected", "min_clients", "colluders"])
+@pytest.mark.parametrize(("value", "err"), [(10**400, DPValueError), (3.0, DPTypeError), (True, DPTypeError)])
+def test_absurd_counts_are_typed_errors(field: str, value: object, err: type[DPError]) -> None:
+    from dp.distributed import plan_distributed
+
+    kwargs: dict[str, object] = {
+        "clients_expected": 10, "min_clients": 5, "colluders": 0, "dim": 10, "clip_norm": 1.0, "noise_multiplier": 1.0,
+    }
+    kwargs[field] = value
+    with pytest.raises(err):
+        plan_distributed(**kwargs)  # type: ignore[arg-type]

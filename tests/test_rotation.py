@@ -185,3 +185,15 @@ def test_typed_errors() -> None:
     with pytest.raises(DPValueError):
         fwht(np.ones(12), 8)
     assert issubclass(DPValueError, DPError)
+
+
+@pytest.mark.parametrize(
+    ("dim", "err"), [(10**400, DPValueError), (2**41, DPValueError), (4.0, DPTypeError), (True, DPTypeError)]
+)
+def test_absurd_dims_are_typed_errors(dim: object, err: type[DPError]) -> None:
+    from dp.rotation import block_layouts, choose_layout
+
+    with pytest.raises(err):
+        block_layouts(dim)  # type: ignore[arg-type]
+    with pytest.raises(err):
+        choose_layout(dim)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from scipy import stats
 
 from dp import samplers as S
 from dp.errors import DPError, DPTypeError, DPValueError
-from secagg.rand import RandomSource
+from dp.rand import RandomSource
 
 ALPHA = 1e-4  # false-alarm rate of each statistical test
 Pmf = Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float64]]
@@ -391,3 +391,24 @@ def test_any_valid_sigma_samples(sigma: float, n: int) -> None:
 def test_any_valid_mu_samples(mu: float) -> None:
     x = S.sample_poisson(mu, 20, rng=1)
     assert np.all(x >= 0) and np.all(x <= mu + 40 * math.sqrt(mu) + 40)
+
+
+@pytest.mark.parametrize(
+    ("size", "err"),
+    [
+        (10**400, DPValueError),
+        ((2**30, 2**30), DPValueError),
+        (2.0, DPTypeError),
+        ((3, True), DPTypeError),
+        (-1, DPValueError),
+    ],
+)
+def test_absurd_sizes_are_typed_errors(size: object, err: type[DPError]) -> None:
+    with pytest.raises(err):
+        S.sample_discrete_gaussian(1.0, size, rng=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("value", "err"), [(10**400, DPValueError), (-(10**400), DPValueError), (True, DPTypeError)])
+def test_absurd_parameters_are_typed_errors(value: object, err: type[DPError]) -> None:
+    with pytest.raises(err):
+        S.sample_discrete_gaussian(value, 3, rng=1)  # type: ignore[arg-type]
