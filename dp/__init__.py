@@ -1,6 +1,8 @@
 """dp: differential-privacy mechanisms, distributed DP, accounting and the privacy ledger.
 
-Public names are re-exported here; submodules hold the details.  Importing :mod:`dp`
+Public names are re-exported here, one way to do each thing: accountants are built with
+:func:`make_accountant` (the concrete classes stay in :mod:`dp.accountants`), randomness
+comes from :mod:`dp.rand` (``rng`` arguments), submodules hold the details.  Importing :mod:`dp`
 never imports torch, opacus, dp_accounting, scipy or matplotlib (optional backends
 load lazily).
 """
@@ -8,10 +10,6 @@ load lazily).
 from dp.accountants import (
     ACCOUNTANT_NAMES,
     Accountant,
-    OpacusRdpAccountant,
-    PldAccountant,
-    PrvAccountant,
-    RdpAccountant,
     available_accountants,
     make_accountant,
 )
@@ -70,13 +68,9 @@ __all__ = [
     "LedgerHead",
     "LedgerVerificationError",
     "NoiseReport",
-    "OpacusRdpAccountant",
-    "PldAccountant",
     "PoissonSampledEvent",
     "PrivacyEvent",
     "PrivacyTracker",
-    "PrvAccountant",
-    "RdpAccountant",
     "RoundEpsilon",
     "RoundPrivacy",
     "SelfComposedEvent",
