@@ -28,6 +28,7 @@ from secagg.errors import SecAggTypeError, SecAggValueError
 from secagg.messages import RoundConfig, ShareDelivery, Stage, decode_message
 from secagg.rand import RandomSource, RngLike, as_random_source
 from secagg.ring import check_bits
+from secagg.spec import ArraySpec, RoundSpec, make_config
 from secagg.transport import MemoryTransport
 
 __all__ = ["STAGES", "RoundResult", "make_config", "run_simulation", "simulate_round"]
@@ -161,79 +162,6 @@ def _dropouts(dropouts: object, n: int) -> dict[str, frozenset[int]]:
     return out
 
 
-def make_config(
-    n: int,
-    d: int,
-    bits: int = 32,
-    *,
-    threshold: int | None = None,
-    neighbors: int | str | None = None,
-    colluders: int | None = None,
-    min_clients: int | None = None,
-    dropout_fraction: float = 0.1,
-    corrupt_fraction: float = 0.0,
-    require_connected: bool = True,
-    round_id: bytes | None = None,
-    rng: RngLike = None,
-) -> tuple[RoundConfig, _graph.GraphParameters]:
-    """Build a checked :class:`~secagg.messages.RoundConfig` (and the
-    :class:`~secagg.graph.GraphParameters` behind it) for a round of ``n`` clients.
-
-    ``neighbors``: None = SecAgg+ with k and t chosen from the threat model
-    (:func:`secagg.graph.choose_parameters` with ``dropout_fraction`` and
-    ``corrupt_fraction``); an int k; or ``"all"`` for the complete graph.
-    ``threshold``: None = the safe default for that graph.  ``round_id``: None = 16
-    random bytes from ``rng``.
-
-    Raises:
-        SecAggValueError, SecAggTypeError: bad arguments.
-        UnsafeParametersError: the threshold or cohort floor is unsafe.
-    """
-    n = _int("n", n, 3)
-    d = _int("d", d, 1)
-    bits = check_bits(bits)
-    if bits < 2:
-        raise SecAggValueError(f"bits must be in [2, 64], got {bits}")
-    if colluders is not None:
-        colluders = _int("colluders", colluders, 0, n - 2)
-    if threshold is not None:
-        threshold = _int("threshold", threshold, 1, n - 1)
-    if not isinstance(dropout_fraction, (int, float)) or isinstance(dropout_fraction, bool):
-        raise SecAggTypeError("dropout_fraction must be a float")
-    if colluders is None:
-        colluders = _graph.ThreatModel(n, dropout_fraction, corrupt_fraction).colluders
-    if neighbors is None:
-        params = _graph.choose_parameters(_graph.ThreatModel(n, dropout_fraction, colluders / n))
-        if threshold is not None:
-            k_auto = None if params.complete else params.k
-            params = _graph.parameters_for_k(n, k_auto, threshold, colluders, dropout_fraction=dropout_fraction)
-    elif isinstance(neighbors, str):
-        if neighbors != "all":
-            raise SecAggValueError(f"neighbors must be None, an int k or 'all', got {neighbors!r}")
-        params = _graph.parameters_for_k(n, None, threshold, colluders, dropout_fraction=dropout_fraction)
-    else:
-        k = _int("neighbors", neighbors, 2, n - 1)
-        params = _graph.parameters_for_k(n, k, threshold, colluders, dropout_fraction=dropout_fraction)
-    floor = params.min_clients if min_clients is None else _int("min_clients", min_clients, 1, n)
-    k_cfg = 0 if params.complete else params.k
-    rid = round_id if round_id is not None else as_random_source(rng).bytes(16)
-    cfg = RoundConfig(
-        rid,
-        n,
-        d,
-        bits,
-        k_cfg,
-        params.t,
-        params.colluders,
-        params.corrupt_neighbours,
-        floor,
-        params.expected_survivors,
-        bool(require_connected),
-    )
-    check_config(cfg)
-    return cfg, params
-
-
 def simulate_round(  # noqa: PLR0917 - the contract's positional names
     inputs: InputsLike,
     bits: int = 32,
@@ -347,7 +275,8 @@ def run_simulation(
 
 class _SimClient:
     """One simulated client as an in-memory :data:`~secagg.transport.Endpoint`: a real
-    :class:`~secagg.client.ClientSession` fed the bytes that reach it."""
+    :class:`~secagg.client.ClientSession` fed the bytes that reach it.  The first message
+    is the round's :class:`~secagg.spec.RoundSpec` (or a bare RoundConfig)."""
 
     def __init__(self, cid: int, seed: bytes, get: Callable[[int], object], masker: Masker, spent: list[float]) -> None:
         self._cid, self._seed, self._get, self._masker = cid, seed, get, masker
@@ -356,7 +285,7 @@ class _SimClient:
 
     def __call__(self, stage: Stage, data: bytes) -> bytes | None:
         if self._session is None:
-            cfg = decode_message(data, RoundConfig)
+            cfg = RoundSpec.from_bytes(data).protocol if data[:1] == b"{" else decode_message(data, RoundConfig)
             assert isinstance(cfg, RoundConfig)
             self._session = ClientSession(cfg, self._cid, self._seed, masker=self._masker)
             return self._session.start().encode()
@@ -384,7 +313,8 @@ def _drive(
     endpoints = {cid: _SimClient(cid, client_seeds[cid - 1], get, masker, spent) for cid in range(1, n_ + 1)}
     # time.perf_counter is looked up here, at call time, so a benchmark can swap the clock
     transport = MemoryTransport(endpoints, silent={Stage(s): ids for s, ids in drop.items()}, clock=time.perf_counter)
-    run = drive_round(cfg, transport, masker=masker, timer=time.perf_counter)
+    spec = RoundSpec(cfg, "integer", (ArraySpec("input", (d_,), "uint64"),))
+    run = drive_round(cfg, transport, setup=spec.to_bytes(), masker=masker, timer=time.perf_counter)
     res = run.result
     client_s = dict(transport.client_seconds)
     client_s[Stage.MASKED_INPUT.value] -= spent[0]  # producing an input is not protocol time
