@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
-from secagg.errors import SecAggError
+from secagg.cli import CheckFailed, UsageError
 
 NAME = "demo"
 HELP = "private federated training demo (SecAgg+ and distributed DP)"
@@ -87,24 +88,26 @@ def _line(row: Any, rounds: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Train, print per-round figures, write ledger, report and plots."""
-    for name, ok in (
-        ("--rounds", 1 <= args.rounds <= 1000),
-        ("--clients", 3 <= args.clients <= 100),
-        ("--dropout", 0.0 <= args.dropout <= 0.3),
-        ("--noise-multiplier", args.noise_multiplier > 0 and math.isfinite(args.noise_multiplier)),
-        ("--clip", args.clip > 0 and math.isfinite(args.clip)),
-        ("--delta", 0.0 < args.delta < 1.0),
+    for name, ok, want in (
+        ("--rounds", 1 <= args.rounds <= 1000, "in [1, 1000]"),
+        ("--clients", 3 <= args.clients <= 100, "in [3, 100]"),
+        ("--dropout", 0.0 <= args.dropout <= 0.3, "in [0, 0.3]"),
+        ("--noise-multiplier", args.noise_multiplier > 0 and math.isfinite(args.noise_multiplier), "> 0"),
+        ("--clip", args.clip > 0 and math.isfinite(args.clip), "> 0"),
+        ("--delta", 0.0 < args.delta < 1.0, "in (0, 1)"),
     ):
         if not ok:
-            print(f"secagg demo: invalid {name}; see secagg demo --help", file=sys.stderr)
-            return 2
+            value = getattr(args, name[2:].replace("-", "_"))
+            raise UsageError(f"{name} must be {want}, got {value}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out} is an existing file; give a folder (created if missing)")
     try:
         import torch
 
         from secagg.torch.demo import DemoRound, run_demo
     except ModuleNotFoundError as exc:
-        print(f"secagg demo: needs the torch extra ({exc}); pip install 'secagg[torch]'", file=sys.stderr)
-        return 2
+        raise UsageError(f"needs the torch extra ({exc}); pip install 'secagg[torch]'") from None
     torch.set_num_threads(1)
 
     bar: Any = None
@@ -151,9 +154,6 @@ def run(args: argparse.Namespace) -> int:
             model=args.model,
             on_round=on_round,
         )
-    except SecAggError as exc:
-        print(f"secagg demo: {exc}", file=sys.stderr)
-        return 2
     finally:
         if bar is not None:
             bar.close()
@@ -175,4 +175,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {what:>13}: {path}")
     head = result.parameters["ledger_head"]
     print(f"verify the ledger with: secagg verify {result.files['ledger']} --expect-head {head}")
+    aborted = sum(r.aborted for r in result.rounds)
+    if aborted == len(result.rounds):
+        raise CheckFailed(
+            f"all {aborted} rounds aborted (too many dropouts for {args.clients} clients): nothing was trained"
+        )
+    if aborted:
+        print(f"{aborted} of {len(result.rounds)} rounds aborted safely (too many dropouts); the model skipped them")
     return 0

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from secagg.cli import UsageError
 
 __all__ = ["add_arguments", "run"]
 
@@ -54,13 +55,10 @@ def run(args: argparse.Namespace) -> int:
             signed_head=args.signed_head,
             anchors=args.anchor,
         )
-    except LedgerError as exc:
-        print(f"secagg verify: {exc}", file=sys.stderr)
-        return 2
+    except (LedgerError, OSError) as exc:  # the ledger or a key file cannot be read
+        raise UsageError(str(exc)) from exc
     if args.json:
-        print(
-            json.dumps(res.to_dict(), sort_keys=True)
-        )
+        print(json.dumps(res.to_dict(), sort_keys=True))
     else:
         print(f"{args.ledger}: {res.summary()}")
     return 0 if res.ok else 1
