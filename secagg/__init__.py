@@ -1,36 +1,31 @@
 """secagg: secure aggregation (SecAgg / SecAgg+) for federated learning.
 
-The public API is re-exported here.  Layers, bottom to top:
+The public API is re-exported here, one way to do each thing:
 
-* primitives — :mod:`secagg.crypto` (X25519, HKDF, AES-GCM, AES-CTR mask PRG),
-  :mod:`secagg.shamir`, :mod:`secagg.graph`, :mod:`secagg.encoding`,
-  :mod:`secagg.packing`, :mod:`secagg.ring`, :mod:`secagg.rand`;
-* protocol — sans-I/O state machines :class:`ClientSession` / :class:`ServerSession`
-  exchanging the frozen messages of :mod:`secagg.messages`;
-* drivers at the edges — :func:`simulate_round` (in-memory network),
-  :mod:`secagg.torch` (PyTorch adapter, needs the ``torch`` extra) and
-  :mod:`secagg.flower` (Flower integration, needs the ``flower`` extra).
+* describe a round: :class:`RoundSpec` (built with :func:`build_spec` from an
+  aggregation rule: :class:`IntegerSum`, :class:`FedAvgAggregation`,
+  :class:`DPAggregation`), whose protocol part is a :class:`RoundConfig`
+  (:func:`make_config`, parameters from :func:`choose_parameters`);
+* run rounds: :func:`simulate_round` in memory; :func:`secagg.torch.run_round` for
+  PyTorch models (``torch`` extra); :class:`secagg.flower.SecAggFedAvg` on Flower
+  (``flower`` extra).  All three are transports over the one round driver,
+  :func:`secagg.driver.drive_round` (bring your own transport:
+  :class:`secagg.transport.Transport`);
+* the sans-I/O protocol: :class:`ClientSession`, :class:`ServerSession`;
+* errors: :class:`SecAggError` and its subclasses; whose fault a protocol error is:
+  :class:`LocalProtocolError` or :class:`RemoteProtocolError`.
 
-Importing :mod:`secagg` never imports torch or flwr.
+Primitives stay in their modules (:mod:`secagg.crypto`, :mod:`secagg.shamir`,
+:mod:`secagg.graph`, :mod:`secagg.encoding`, :mod:`secagg.packing`, :mod:`secagg.rand`).
+See docs/architecture.md for the layers.  Importing :mod:`secagg` never imports torch
+or flwr.
 """
 
 __version__ = "0.1.0"
 
-from secagg.client import ClientSession, ClientState
-from secagg.crypto import (
-    Masker,
-    agree,
-    agree_many,
-    decrypt,
-    derive,
-    encrypt,
-    expand,
-    generate_private_key,
-    keystream,
-    public_key,
-)
+from secagg.client import ClientSession
 from secagg.driver import STAGES
-from secagg.encoding import FixedPointEncoder, Headroom, centered_lift, check_headroom
+from secagg.encoding import FixedPointEncoder
 from secagg.errors import (
     CryptoError,
     HeadroomError,
@@ -47,35 +42,35 @@ from secagg.errors import (
     ShareError,
     UnsafeParametersError,
 )
-from secagg.graph import (
-    GraphParameters,
-    ThreatModel,
-    check_threshold,
-    choose_parameters,
-    components,
-    neighbour_graph,
-    parameters_for_k,
-)
-from secagg.messages import RoundConfig, Stage, decode_message, encode_message
-from secagg.packing import pack, packed_size, unpack
+from secagg.graph import GraphParameters, ThreatModel, choose_parameters
+from secagg.messages import RoundConfig, Stage
 from secagg.rand import RandomSource
-from secagg.server import AggregateResult, ServerSession, ServerState
-from secagg.shamir import Share, combine, split
+from secagg.server import AggregateResult, ServerSession
 from secagg.simulate import RoundResult, simulate_round
+from secagg.spec import (
+    ArraySpec,
+    DPAggregation,
+    FedAvgAggregation,
+    IntegerSum,
+    RoundSpec,
+    build_spec,
+    make_config,
+)
 
 __all__ = [
     "STAGES",
     "AggregateResult",
+    "ArraySpec",
     "ClientSession",
-    "ClientState",
     "CryptoError",
+    "DPAggregation",
+    "FedAvgAggregation",
     "FixedPointEncoder",
     "GraphParameters",
-    "Headroom",
     "HeadroomError",
     "InconsistentSharesError",
+    "IntegerSum",
     "LocalProtocolError",
-    "Masker",
     "MessageError",
     "ProtocolAbort",
     "ProtocolError",
@@ -83,40 +78,19 @@ __all__ = [
     "RemoteProtocolError",
     "RoundConfig",
     "RoundResult",
+    "RoundSpec",
     "SecAggError",
     "SecAggTypeError",
     "SecAggValueError",
     "SecurityViolation",
     "ServerSession",
-    "ServerState",
-    "Share",
     "ShareError",
     "Stage",
     "ThreatModel",
     "UnsafeParametersError",
     "__version__",
-    "agree",
-    "agree_many",
-    "centered_lift",
-    "check_headroom",
-    "check_threshold",
+    "build_spec",
     "choose_parameters",
-    "combine",
-    "components",
-    "decode_message",
-    "decrypt",
-    "derive",
-    "encode_message",
-    "encrypt",
-    "expand",
-    "generate_private_key",
-    "keystream",
-    "neighbour_graph",
-    "pack",
-    "packed_size",
-    "parameters_for_k",
-    "public_key",
+    "make_config",
     "simulate_round",
-    "split",
-    "unpack",
 ]
