@@ -15,7 +15,7 @@ import numpy as np
 
 from secagg.errors import SecAggTypeError, SecAggValueError
 
-__all__ = ["check_choice", "check_fraction", "check_int", "check_number", "check_optional_int"]
+__all__ = ["check_bytes", "check_choice", "check_fraction", "check_int", "check_number", "check_optional_int"]
 
 
 def check_int(name: str, value: object, lo: int | None = None, hi: int | None = None) -> int:
@@ -76,3 +76,13 @@ def check_choice(name: str, value: object, choices: Collection[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise SecAggValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
     return value
+
+
+def check_bytes(name: str, value: object, size: int | None = None) -> bytes:
+    """Bytes (a bytes-like object is copied to bytes), of exactly ``size`` bytes if given."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise SecAggTypeError(f"{name} must be bytes, got {type(value).__name__}")
+    raw = bytes(value)
+    if size is not None and len(raw) != size:
+        raise SecAggValueError(f"{name} must be {size} bytes, got {len(raw)}")
+    return raw

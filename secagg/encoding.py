@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dp import _ring
+from secagg._validate import check_int, check_number
 from secagg.crypto.prg import _CHUNK_BYTES, _LITTLE, _PAD, _ZEROS_MV, SEED_SIZE, keystream
 from secagg.errors import HeadroomError, SecAggTypeError, SecAggValueError
 from secagg.rand import RngLike, as_random_source
@@ -56,24 +57,11 @@ _ENCODE_CHUNK = _CHUNK_BYTES // 8  # coordinates per chunk: 256 KiB temporaries 
 
 
 def _int_arg(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise SecAggTypeError(f"{name} must be an int, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise SecAggValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return check_int(name, value, minimum)
 
 
 def _real_arg(value: object, name: str, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise SecAggTypeError(f"{name} must be a real number, got {type(value).__name__}")
-    f = float(value)
-    if not math.isfinite(f):
-        raise SecAggValueError(f"{name} must be finite, got {f}")
-    if positive and f <= 0:
-        raise SecAggValueError(f"{name} must be > 0, got {f}")
-    if not positive and f < 0:
-        raise SecAggValueError(f"{name} must be >= 0, got {f}")
-    return f
+    return check_number(name, value, lo=0.0, lo_open=positive)
 
 
 def _capacity(bits: int) -> int:
@@ -101,11 +89,7 @@ def _weight_sum(n: int, weights: Sequence[int] | npt.NDArray[Any] | None) -> int
         raise SecAggValueError(f"weights must have one entry per client (n={n}), got {len(items)}")
     total = 0
     for x in items:
-        if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-            raise SecAggTypeError(f"weights must be ints (for example capped example counts), got {type(x).__name__}")
-        if int(x) < 0:
-            raise SecAggValueError(f"weights must be >= 0, got {x}")
-        total += int(x)
+        total += check_int("weights entry", x, 0)
     return total
 
 
@@ -213,10 +197,7 @@ def check_headroom(
         m_int = math.ceil(_real_arg(max_abs, "max_abs", positive=False))
     std = _real_arg(noise_std, "noise_std", positive=False)
     d = _int_arg(d, "d", 1)
-    if isinstance(failure_prob, bool) or not isinstance(failure_prob, (int, float, np.floating)):
-        raise SecAggTypeError(f"failure_prob must be a float, got {type(failure_prob).__name__}")
-    if not 0.0 < float(failure_prob) < 1.0:
-        raise SecAggValueError(f"failure_prob must be in (0, 1), got {failure_prob}")
+    check_number("failure_prob", failure_prob, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     if noise not in ("gaussian", "skellam"):
         raise SecAggValueError(f"noise must be 'gaussian' or 'skellam', got {noise!r}")
     weight_sum = _weight_sum(n, weights)

@@ -23,6 +23,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from secagg._validate import check_bytes, check_int
 from secagg.crypto.keys import MAX_CLIENT_ID, PROTOCOL_VERSION
 from secagg.errors import CryptoError, SecAggTypeError, SecAggValueError
 from secagg.rand import RngLike, as_random_source
@@ -41,25 +42,15 @@ OVERHEAD = NONCE_SIZE + TAG_SIZE
 _MAX_FIELD = 1024
 
 
-def _bytes(value: object, name: str) -> bytes:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    raise SecAggTypeError(f"{name} must be bytes, got {type(value).__name__}")
-
-
 def _key(value: object) -> bytes:
-    key = _bytes(value, "key")
+    key = check_bytes("key", value)
     if len(key) != KEY_SIZE:
         raise SecAggValueError(f"key must be {KEY_SIZE} bytes (AES-256-GCM), got {len(key)}")
     return key
 
 
 def _id(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SecAggTypeError(f"{name} must be an int client id, got {type(value).__name__}")
-    if not 0 <= value <= MAX_CLIENT_ID:
-        raise SecAggValueError(f"{name} must be in [0, 2**64 - 1], got {value}")
-    return value
+    return check_int(name, value, 0, MAX_CLIENT_ID)
 
 
 def associated_data(*, sender: int, receiver: int, round_id: bytes, stage: str | int) -> bytes:
@@ -72,7 +63,7 @@ def associated_data(*, sender: int, receiver: int, round_id: bytes, stage: str |
     """
     s = _id(sender, "sender")
     r = _id(receiver, "receiver")
-    rid = _bytes(round_id, "round_id")
+    rid = check_bytes("round_id", round_id)
     if not 1 <= len(rid) <= _MAX_FIELD:
         raise SecAggValueError(f"round_id must be 1..{_MAX_FIELD} bytes, got {len(rid)}")
     if isinstance(stage, bool) or not isinstance(stage, (str, int)):
@@ -118,7 +109,7 @@ def encrypt(
         SecAggValueError / SecAggTypeError: bad key length, ids, round id or stage.
     """
     k = _key(key)
-    pt = _bytes(plaintext, "plaintext")
+    pt = check_bytes("plaintext", plaintext)
     ad = associated_data(sender=sender, receiver=receiver, round_id=round_id, stage=stage)
     nonce = as_random_source(rng).bytes(NONCE_SIZE)
     return nonce + AESGCM(k).encrypt(nonce, pt, ad)
@@ -141,7 +132,7 @@ def decrypt(
         SecAggValueError / SecAggTypeError: bad key length, ids, round id or stage.
     """
     k = _key(key)
-    ct = _bytes(ciphertext, "ciphertext")
+    ct = check_bytes("ciphertext", ciphertext)
     ad = associated_data(sender=sender, receiver=receiver, round_id=round_id, stage=stage)
     if len(ct) < OVERHEAD:
         raise CryptoError(f"ciphertext is {len(ct)} bytes, shorter than the {OVERHEAD}-byte nonce and tag")

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from secagg._validate import check_bytes, check_int
 from secagg.errors import CryptoError, SecAggTypeError, SecAggValueError
 from secagg.rand import RngLike, as_random_source
 
@@ -81,25 +82,15 @@ _MAX_ROUND_ID = 1024
 _MAX_LABEL = 255
 
 
-def _as_bytes(value: object, name: str) -> bytes:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    raise SecAggTypeError(f"{name} must be bytes, got {type(value).__name__}")
-
-
 def _key_bytes(value: object, name: str) -> bytes:
-    raw = _as_bytes(value, name)
+    raw = check_bytes(name, value)
     if len(raw) != KEY_SIZE:
         raise SecAggValueError(f"{name} must be {KEY_SIZE} raw bytes (X25519, no PEM), got {len(raw)} bytes")
     return raw
 
 
 def _client_id(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SecAggTypeError(f"{name} must be an int client id, got {type(value).__name__}")
-    if not 0 <= value <= MAX_CLIENT_ID:
-        raise SecAggValueError(f"{name} must be in [0, 2**64 - 1], got {value}")
-    return value
+    return check_int(name, value, 0, MAX_CLIENT_ID)
 
 
 def _lp(data: bytes) -> bytes:
@@ -108,11 +99,7 @@ def _lp(data: bytes) -> bytes:
 
 
 def _length(length: object) -> int:
-    if isinstance(length, bool) or not isinstance(length, int):
-        raise SecAggTypeError(f"length must be an int, got {type(length).__name__}")
-    if not 1 <= length <= _MAX_OKM:
-        raise SecAggValueError(f"HKDF-SHA256 length must be in [1, {_MAX_OKM}] bytes, got {length}")
-    return length
+    return check_int("HKDF-SHA256 length", length, 1, _MAX_OKM)
 
 
 def _extract(salt: bytes, ikm: bytes) -> bytes:
@@ -138,14 +125,14 @@ def hkdf_extract(salt: bytes | None, ikm: bytes) -> bytes:
 
     ``salt=None`` or ``b""`` means 32 zero bytes.  Returns the 32-byte pseudorandom key.
     """
-    salt_b = b"" if salt is None else _as_bytes(salt, "salt")
-    return _extract(salt_b, _as_bytes(ikm, "ikm"))
+    salt_b = b"" if salt is None else check_bytes("salt", salt)
+    return _extract(salt_b, check_bytes("ikm", ikm))
 
 
 def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
     """HKDF-Expand (RFC 5869 §2.3) with SHA-256: ``length`` bytes (1..8160) from ``prk``."""
-    prk = _as_bytes(prk, "prk")
-    info = _as_bytes(info, "info")
+    prk = check_bytes("prk", prk)
+    info = check_bytes("info", info)
     length = _length(length)
     if len(prk) < _HASH_LEN:
         raise SecAggValueError(f"prk must be at least {_HASH_LEN} bytes, got {len(prk)}")
@@ -164,8 +151,8 @@ def hkdf_sha256(ikm: bytes, *, salt: bytes | None, info: bytes, length: int) -> 
     Returns:
         ``length`` bytes of output keying material.
     """
-    ikm = _as_bytes(ikm, "ikm")
-    info = _as_bytes(info, "info")
+    ikm = check_bytes("ikm", ikm)
+    info = check_bytes("info", info)
     length = _length(length)
     return _expand(hkdf_extract(salt, ikm), info, length)
 
@@ -185,7 +172,7 @@ def derive_info(label: str, round_id: bytes, a: int, b: int) -> bytes:
     label_b = label.encode("utf-8")
     if not 1 <= len(label_b) <= _MAX_LABEL:
         raise SecAggValueError(f"label must be 1..{_MAX_LABEL} UTF-8 bytes, got {len(label_b)}")
-    rid = _as_bytes(round_id, "round_id")
+    rid = check_bytes("round_id", round_id)
     if not 1 <= len(rid) <= _MAX_ROUND_ID:
         raise SecAggValueError(f"round_id must be 1..{_MAX_ROUND_ID} bytes, got {len(rid)}")
     a = _client_id(a, "a")
