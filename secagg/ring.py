@@ -27,6 +27,7 @@ import numpy.typing as npt
 from dp import _ring
 from dp._ring import MAX_BITS, MIN_BITS
 from dp.errors import DPTypeError, DPValueError
+from secagg._validate import check_int
 from secagg.errors import SecAggTypeError, SecAggValueError
 
 __all__ = ["MAX_BITS", "MIN_BITS", "check_bits", "reduce_inplace", "ring_dtype", "ring_mask"]
@@ -64,11 +65,7 @@ ring_mask = secagg_errors(_ring.ring_mask)
 
 def check_dim(d: object) -> int:
     """Return the vector length ``d`` if it is an int >= 0, else raise a typed error."""
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
-        raise SecAggTypeError(f"d must be an int, got {type(d).__name__}")
-    if int(d) < 0:
-        raise SecAggValueError(f"d must be >= 0, got {d}")
-    return int(d)
+    return check_int("d", d, 0)
 
 
 def reduce_inplace(x: RingArray, bits: int) -> None:
