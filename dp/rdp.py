@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from dp._validate import check_nonnegative, check_probability
 from dp.errors import AccountingError, DPTypeError, DPValueError
 from dp.events import (
     ComposedEvent,
@@ -539,21 +540,14 @@ def event_rdp(
 
 
 def _check_delta(delta: object) -> float:
-    if isinstance(delta, bool) or not isinstance(delta, (int, float, np.floating, np.integer)):
-        raise DPTypeError(f"delta must be a real number, got {type(delta).__name__}")
-    d = float(delta)
-    if math.isnan(d) or not 0.0 < d < 1.0:
-        raise DPValueError(f"delta must be in (0, 1), got {d}; choose delta well below 1/population")
-    return d
+    try:
+        return check_probability("delta", delta)
+    except DPValueError as exc:
+        raise DPValueError(f"{exc}; choose delta well below 1/population") from None
 
 
 def _check_epsilon(epsilon: object) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating, np.integer)):
-        raise DPTypeError(f"epsilon must be a real number, got {type(epsilon).__name__}")
-    e = float(epsilon)
-    if math.isnan(e) or math.isinf(e) or e < 0:
-        raise DPValueError(f"epsilon must be finite and >= 0, got {e}")
-    return e
+    return check_nonnegative("epsilon", epsilon)
 
 
 def rdp_to_epsilon(orders: Orders, rdp: Sequence[float] | FloatArray, delta: float) -> tuple[float, float]:

@@ -124,6 +124,10 @@ BAD_COMPOSE: list[tuple[Any, Any, type[DPError]]] = [
     (SGM, -1, DPValueError),
     (SGM, 1.0, DPTypeError),
     (SGM, True, DPTypeError),
+    (SGM, 10**400, DPValueError),
+    (SGM, 2**53 + 1, DPValueError),
+    (SGM, 1e400, DPTypeError),
+    (SGM, np.float64(3.0), DPTypeError),
     ({"type": "gaussian", "noise_multiplier": 1.0}, 1, DPTypeError),
     (None, 1, DPTypeError),
     # add/remove accountants cannot take fixed-size sampling (replace-one adjacency), even nested
@@ -374,5 +378,55 @@ def test_calibration_errors() -> None:
             calibrate_noise_multiplier(**args)
     with pytest.raises(DPTypeError):
         calibrate_noise_multiplier(1.0, 1e-5, 10.0, 0.1)  # type: ignore[arg-type]
+    for rounds in (10**400, 2**53 + 1):
+        with pytest.raises(DPValueError):
+            calibrate_noise_multiplier(1.0, 1e-5, rounds, 0.1)
+    with pytest.raises(DPTypeError):
+        calibrate_noise_multiplier(1.0, 1e-5, True, 0.1)  # type: ignore[arg-type]
     with pytest.raises(DPValueError):
         calibrate_noise_multiplier(1.0, 1e-5, 10, 0.1, accountant="nope")
+
+
+def test_nested_self_composition_beyond_max_count_is_refused(accountant: Accountant) -> None:
+    from dp.events import MAX_COUNT
+
+    huge = SelfComposedEvent(SelfComposedEvent(SGM, MAX_COUNT), MAX_COUNT)
+    before = _snapshot(accountant)
+    try:
+        accountant.compose(huge)
+    except DPError:
+        assert _snapshot(accountant) == before
+    else:  # the RDP accountant scales its curve: a finite or infinite figure, never an exception
+        assert accountant.get_epsilon(1e-5) >= 0
+
+
+@pytest.mark.skipif("pld" not in AVAILABLE, reason="dp-accounting not installed")
+def test_pld_composes_unsampled_gaussians_analytically() -> None:
+    from dp_accounting import dp_event
+    from dp_accounting.pld import pld_privacy_accountant
+
+    from dp.accountants import PldAccountant
+
+    acc = PldAccountant()
+    assert acc.composition == "none"
+    acc.compose(GaussianEvent(2.0), 30)
+    acc.compose(GaussianEvent(4.0), 40)
+    assert acc.composition == "analytic"
+    z_eff = 1 / math.sqrt(30 / 4 + 40 / 16)
+    ref = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-5)
+    ref.compose(dp_event.GaussianDpEvent(z_eff))
+    eps = acc.get_epsilon(1e-6)
+    # exact closed form: never above dp_accounting's pessimistic figure, and within its grid error
+    assert ref.get_epsilon(1e-6) - 1e-4 <= eps <= ref.get_epsilon(1e-6)
+    assert acc.get_delta(eps) == pytest.approx(1e-6, rel=1e-6)
+    acc.compose(SGM, 5)  # a sampled event: numeric path, with the merged Gaussian
+    assert acc.composition == "numeric" and acc.get_epsilon(1e-6) > eps
+
+
+@pytest.mark.skipif("pld" not in AVAILABLE, reason="dp-accounting not installed")
+def test_pld_calibration_is_safe() -> None:
+    z = calibrate_noise_multiplier(1.0, 1e-5, 10_000, 0.001, accountant="pld")
+    acc = make_accountant("pld")
+    acc.compose(PoissonSampledEvent(0.001, GaussianEvent(z)), 10_000)
+    assert 0.999 <= acc.get_epsilon(1e-5) <= 1.0
+    assert z < calibrate_noise_multiplier(1.0, 1e-5, 10_000, 0.001)  # tighter than RDP

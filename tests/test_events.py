@@ -127,7 +127,9 @@ def test_sampling_rate_bool_is_refused() -> None:
 
 
 @pytest.mark.parametrize(("count", "error"), [(0, DPValueError), (-3, DPValueError), (1.0, DPTypeError),
-                                              (True, DPTypeError), ("2", DPTypeError)])
+                                              (True, DPTypeError), ("2", DPTypeError), (10**400, DPValueError),
+                                              (2**53 + 1, DPValueError), (1e400, DPTypeError),
+                                              (float("nan"), DPTypeError)])
 def test_bad_counts_are_refused(count: Any, error: type[DPError]) -> None:
     with pytest.raises(error):
         SelfComposedEvent(GaussianEvent(1.0), count)
@@ -195,3 +197,16 @@ def test_optional_keys_default() -> None:
         SkellamEvent(1.0, 3.0, 9.0, 1)
     ddg = {"type": "distributed_discrete_gaussian", "l2_sensitivity": 1.0, "sigma": 2.0, "dim": 5, "n_shares": 3}
     assert event_from_dict(ddg) == DistributedDiscreteGaussianEvent(1.0, 2.0, 5, 3)
+
+
+def test_absurd_integers_anywhere_are_a_dp_value_error() -> None:
+    from dp.events import MAX_COUNT
+
+    assert SelfComposedEvent(GaussianEvent(1.0), MAX_COUNT).count == MAX_COUNT
+    for make in (lambda: DistributedDiscreteGaussianEvent(1.0, 1.0, 10**400, 2),
+                 lambda: DistributedDiscreteGaussianEvent(1.0, 1.0, 10, 10**400),
+                 lambda: SkellamEvent(1.0, 1.0, 1.0, 10**400),
+                 lambda: FixedSizeSampledEvent(1, 10**400, GaussianEvent(1.0)),
+                 lambda: GaussianEvent(10**400)):
+        with pytest.raises(DPValueError):
+            make()

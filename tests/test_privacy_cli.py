@@ -88,9 +88,46 @@ def test_backend_accountants(name: str) -> None:
         BASE,  # neither
         ["--noise-multiplier", "1", "--sampling-rate", "0.1", "--rounds", "1.5", "--delta", "1e-5"],
         ["--noise-multiplier", "1", *BASE, "--accountant", "moments"],
+        # absurd counts: typed error, exit 2, one line, no traceback
+        ["--noise-multiplier", "1", "--sampling-rate", "0.01", "--rounds", str(10**400), "--delta", "1e-5"],
+        ["--target-epsilon", "1", "--sampling-rate", "0.01", "--rounds", str(10**400), "--delta", "1e-5"],
+        ["--noise-multiplier", "1", "--sampling-rate", "0.01", "--rounds", str(2**53 + 1), "--delta", "1e-5"],
+        ["--noise-multiplier", "1", "--sampling-rate", "0.01", "--rounds", "-3", "--delta", "1e-5"],
+        ["--noise-multiplier", "1", "--sampling-rate", "0.01", "--rounds", "True", "--delta", "1e-5"],
+        ["--noise-multiplier", "1", "--sampling-rate", "0.01", "--rounds", "1e3", "--delta", "1e-5"],
+        ["--noise-multiplier", "1", "--sampling-rate", "0.01", "--rounds", "9" * 5000, "--delta", "1e-5"],
+        ["--noise-multiplier", "1e400", *BASE],
+        ["--noise-multiplier", "1", "--sampling-rate", "0.01", "--rounds", "10", "--delta", "1e-400"],
+        ["--noise-multiplier", "1", "--sampling-rate", "0.01", "--rounds", str(10**400), "--delta", "1e-5",
+         "--accountant", "pld"],
     ],
 )
 def test_bad_input_exits_2_with_message(args: list[str]) -> None:
     out = _run(*args)
     assert out.returncode == 2
     assert out.stderr.strip() and out.stdout == ""
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 3  # argparse: usage + error
+
+
+@pytest.mark.skipif("pld" not in available_accountants(), reason="dp-accounting not installed")
+def test_pld_server_figure_takes_the_analytic_path() -> None:
+    """q=0.001, T=10000 with --accountant pld: the unsampled figure is composed in closed form
+    (T Gaussians are one Gaussian with z / sqrt(T)), not by T numerical self-compositions."""
+    out = _run("--noise-multiplier", "1.0", "--sampling-rate", "0.001", "--rounds", "10000", "--delta", "1e-5",
+               "--accountant", "pld", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["composition_without_amplification"] == "analytic"
+    assert data["accountant_without_amplification"] == "pld"
+    # the closed form: one Gaussian with z = 1 / sqrt(10000)
+    assert data["epsilon_without_amplification"] == pytest.approx(_eps(0.01, 1.0, 1, 1e-5, "pld"), rel=1e-9)
+    assert data["epsilon"] <= data["epsilon_without_amplification"]
+
+
+def test_release_figure_never_above_the_server_figure() -> None:
+    """Sampling can only lower epsilon (issue: z=1e-5, q=0.01 printed release > server, after 3 minutes)."""
+    out = _run("--noise-multiplier", "1e-5", "--sampling-rate", "0.01", "--rounds", "1", "--delta", "1e-5",
+               "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert float(data["epsilon"]) <= float(data["epsilon_without_amplification"])
