@@ -19,25 +19,22 @@ from flwr.clientapp import ClientApp
 
 from secagg.client import ClientSession, ClientState
 from secagg.encoding import FixedPointEncoder
-from secagg.errors import MessageError, ProtocolError, SecAggTypeError, SecAggValueError
+from secagg.errors import MessageError, ProtocolAbort, SecAggTypeError, SecAggValueError
 from secagg.flower import (
     ClientPolicy,
     CountingGrid,
     LocalUpdate,
-    RoundSpec,
     SecAggConfig,
     SecAggFedAvg,
     SecAggServer,
     SecureRoundAbort,
+    SecureRoundResult,
     StageReport,
-    export_session,
     register,
-    restore_session,
-    run_secure_round,
 )
-from secagg.flower._codec import ArraySpec, pack_payload, unpack_payload
-from secagg.messages import Stage
-from secagg.simulate import make_config
+from secagg.flower._codec import export_session, pack_payload, restore_session, unpack_payload
+from secagg.messages import MaskedInput, Stage, decode_message
+from secagg.spec import RoundSpec, make_config
 
 STAGES = [s.value for s in Stage]
 FAST = {"stage_timeout": 1.0, "poll_interval": 0.001}
@@ -81,6 +78,11 @@ def _app(kind: str, bits: int = 32) -> ClientApp:
 
     register(app, train)
     return app
+
+
+def run_secure_round(grid: Any, nodes: Any, arrays: Any, config: SecAggConfig, **kw: Any) -> SecureRoundResult:
+    """One round with a fresh SecAggServer."""
+    return SecAggServer(config).run_round(grid, nodes, arrays, **kw)
 
 
 def _killer(grid: LocalGrid, plan: dict[str, list[int]]) -> Any:
@@ -197,7 +199,7 @@ def test_dp_round_feeds_the_tracker_and_ledger_records_the_dropouts(tmp_path: An
     assert rec["transport"] == "flower" and rec["survivor_nodes"] == list(res.survivors)
     assert rec["protocol"] == res.protocol and rec["protocol"]["n"] == 6
     # every node that took part keeps the ledger head it was shown (an anchor against truncation)
-    kept = grid.context(grid.node_ids[1]).state.config_records["secagg.ledger-heads"]["heads"]
+    kept = grid.context(grid.node_ids[1]).state.config_records["secagg.ledger-heads"]["values"]
     assert list(kept) == [head0]
     assert verify_ledger(tmp_path / "ledger.jsonl", anchors=list(kept)).ok
 
@@ -251,6 +253,7 @@ def test_too_few_survivors_abort_and_notify_nodes() -> None:
         server.run_round(grid, grid.get_node_ids(), {"x": np.zeros(5, np.int64)},
                          on_stage=_killer(grid, {"advertise_keys": [0, 1]}))
     exc = info.value
+    assert isinstance(exc, ProtocolAbort) and exc.excluded == {}
     assert exc.stage == "share_keys" and exc.nodes == tuple(grid.node_ids)
     assert sorted(exc.dropped["share_keys"]) == grid.node_ids  # 2 silent, 2 excluded (too few neighbours)
     assert server.round_index == 0 and server.last is None
@@ -263,7 +266,7 @@ def test_too_few_survivors_abort_and_notify_nodes() -> None:
     assert len(server.run_round(grid2, grid2.get_node_ids(), {"x": np.zeros(5, np.int64)}).survivors) == 3
 
 
-def test_garbage_reply_is_a_dropout_not_a_failure() -> None:
+def test_garbage_reply_excludes_that_node_and_the_round_goes_on() -> None:
     inner = _app("integer", 16)
 
     class Liar:
@@ -278,10 +281,57 @@ def test_garbage_reply_is_a_dropout_not_a_failure() -> None:
     cfg = SecAggConfig(mode="integer", bits=16, neighbors="all", threshold=4, **FAST)
     reports: list[StageReport] = []
     res = run_secure_round(grid, grid.get_node_ids(), {"x": np.zeros(9, np.int64)}, cfg, on_stage=reports.append)
-    assert grid.node_ids[2] in res.dropped["share_keys"]
-    assert "undecodable" in reports[1].errors[grid.node_ids[2]]
+    bad = grid.node_ids[2]
+    assert list(res.excluded) == [bad] and "share_keys" in res.excluded[bad]
+    assert bad not in res.dropped["share_keys"] and bad not in res.survivors  # excluded, not a dropout
+    assert reports[1].excluded == res.excluded and reports[1].silent == () and bad not in reports[1].answered
+    assert res.metrics()["secagg-excluded"] == 1 and res.metrics()["secagg-dropouts"] == 0
     want = sum(_ints(p, 9, 16) for p in (0, 1, 3, 4, 5, 6)) % (1 << 16)
     np.testing.assert_array_equal(res.arrays["x"].numpy(), want)
+
+
+def _truncating(inner: Any, partition: int) -> Any:
+    """A ClientApp whose node ``partition`` cuts its masked input short (the bytes the
+    deployment test's example app sends with ``truncate-masked-input=1``)."""
+
+    def app(msg: Message, ctx: Context) -> Message:
+        reply = inner(msg, ctx)
+        stage = msg.content.config_records["secagg"]["stage"]
+        if int(ctx.node_config["partition-id"]) == partition and stage == "masked_input" and not reply.has_error():
+            data = unpack_payload(reply.content.array_records["secagg.payload"])
+            assert isinstance(decode_message(data), MaskedInput)
+            reply.content.array_records["secagg.payload"] = pack_payload(data[: len(data) // 2])
+        return reply
+
+    return app
+
+
+@pytest.mark.parametrize("mode", ["integer", "fedavg"])
+def test_a_truncated_masked_input_excludes_that_node_and_the_others_complete(tmp_path: Any, mode: str) -> None:
+    from dp.ledger import Ledger, read_ledger
+
+    grid = LocalGrid(_truncating(_app(mode, 16), 3), 5)
+    tmpl = {"x": np.zeros(40, np.int64 if mode == "integer" else np.float32)}
+    cfg = SecAggConfig(mode=mode, bits=16 if mode == "integer" else 32, bound=0.5, max_weight=100,
+                       neighbors="all", threshold=3, **FAST)  # fmt: skip
+    ledger = Ledger.create(tmp_path / "l.jsonl", SecAggServer(cfg).ledger_header(5, tmpl, delta=1e-5))
+    res = SecAggServer(cfg, ledger=ledger).run_round(grid, grid.node_ids, tmpl)
+    bad = grid.node_ids[3]
+    assert list(res.excluded) == [bad] and "masked_input" in res.excluded[bad]
+    assert res.recovered == (bad,)  # its mask key is reconstructed, like a dropout's at that stage
+    assert all(v == () for v in res.dropped.values())
+    rest = [0, 1, 2, 4]
+    assert [grid.partition_of(n) for n in res.survivors] == rest
+    if mode == "integer":
+        np.testing.assert_array_equal(res.arrays["x"].numpy(), sum(_ints(p, 40, 16) for p in rest) % (1 << 16))
+    else:
+        w = np.array([10.0 * (p + 1) for p in rest])
+        want = sum(wi * _delta(p, 40) for wi, p in zip(w, rest, strict=True)) / w.sum()
+        scale = FixedPointEncoder.fit(5, 32, 0.5, weights=[100] * 5).scale
+        assert np.max(np.abs(res.update["x"].numpy() - want)) <= 1.0 / scale
+    (rec,) = read_ledger(tmp_path / "l.jsonl")[1]
+    assert rec["excluded_nodes"] == {str(bad): res.excluded[bad]} and rec["survivors"] == 4
+    assert rec["spec_fingerprint"] == res.fingerprint
 
 
 def test_train_fn_errors_make_the_node_silent() -> None:
@@ -365,42 +415,72 @@ def test_payload_roundtrip_and_rejections() -> None:
         pack_payload("text")  # type: ignore[arg-type]
 
 
-def _spec(mode: str) -> RoundSpec:
-    layout = (ArraySpec("w", (3, 4), "float32"), ArraySpec("b", (4,), "float64"))
-    rid = bytes(range(16))
-    if mode == "fedavg":
-        return RoundSpec("fedavg", 2, rid, layout, 32, FixedPointEncoder.fit(5, 32, 1.0, weights=[50] * 5), 50)
-    from dp.distributed import plan_distributed
-
-    plan = plan_distributed(clients_expected=5, min_clients=3, colluders=0, dim=16, clip_norm=1.0,
-                            noise_multiplier=1.0)
-    return RoundSpec("dp", 0, rid, layout, int(plan.bits), plan=plan, ledger_head="2:" + "ab" * 32)
+def _first_request(grid: LocalGrid, node: int, spec: RoundSpec, cid: int = 1) -> Message:
+    ctl = ConfigRecord({"kind": "request", "stage": "advertise_keys", "round": spec.round_id.hex(), "cid": cid})
+    return Message(RecordDict({"secagg": ctl, "secagg.payload": pack_payload(spec.to_bytes())}), node,
+                   "train.secagg")  # fmt: skip
 
 
-@pytest.mark.parametrize("mode", ["fedavg", "dp"])
-def test_round_spec_json_roundtrip(mode: str) -> None:
-    spec = _spec(mode)
-    back = RoundSpec.from_json(spec.to_json())
-    assert back == spec and back.to_json() == spec.to_json() and back.fingerprint == spec.fingerprint
-    doc = json.loads(spec.to_json())
-    for broken in ({**doc, "format": 9}, {**doc, "mode": "median"}, {**doc, "layout": [["w", [3], "object"]]}):
-        with pytest.raises(MessageError):
-            RoundSpec.from_json(json.dumps(broken))
-    with pytest.raises(MessageError):
-        RoundSpec.from_json("{not json")
-    if mode == "dp":
-        bad = {**doc, "plan": {**doc["plan"], "sigma_client": 1e-9}}
-        with pytest.raises(MessageError):
-            RoundSpec.from_json(json.dumps(bad))
+def test_a_replayed_first_message_is_refused_and_the_session_kept() -> None:
+    grid = LocalGrid(_app("integer"), 3)
+    node = grid.node_ids[0]
+    spec = SecAggServer(SecAggConfig(mode="integer", neighbors="all")).plan_round(3, {"x": np.zeros(4, np.int64)})
+    (first,) = grid.pull_messages(list(grid.push_messages([_first_request(grid, node, spec)])))
+    assert not first.has_error()
+    state = grid.context(node).state.config_records["secagg.session"]
+    for _ in range(2):  # the server replays the key-advertisement request
+        (again,) = grid.pull_messages(list(grid.push_messages([_first_request(grid, node, spec)])))
+        assert again.has_error() and "already joined" in again.error.reason
+    # no fresh session: the one in progress is untouched
+    assert grid.context(node).state.config_records["secagg.session"] == state
+    # and after the round is forgotten (finished or aborted), a replay is still refused
+    ctx = grid.context(node)
+    del ctx.state["secagg.session"]
+    from flwr.common.serde import context_to_proto
+
+    grid._contexts[node] = context_to_proto(ctx).SerializeToString()
+    (late,) = grid.pull_messages(list(grid.push_messages([_first_request(grid, node, spec)])))
+    assert late.has_error() and "already joined" in late.error.reason
+    assert "secagg.session" not in grid.context(node).state
 
 
-def test_round_spec_checks_the_protocol_config() -> None:
-    spec = _spec("fedavg")
-    cfg, _ = make_config(5, spec.d, 32, round_id=spec.round_id)
-    spec.check_config(cfg)
-    other, _ = make_config(5, spec.d + 1, 32, round_id=spec.round_id)
-    with pytest.raises(ProtocolError):
-        spec.check_config(other)
+def test_a_node_sent_another_model_than_the_spec_names_refuses_to_train() -> None:
+    trained: list[int] = []
+    inner = _app("fedavg")
+
+    def app(msg: Message, ctx: Context) -> Message:
+        p = int(ctx.node_config["partition-id"])
+        if msg.content.config_records["secagg"]["stage"] == "masked_input":
+            if p == 1:  # the server hands this node a crafted model (Pasquini et al.)
+                w = msg.content.array_records["arrays"]["w"].numpy().copy()
+                w[0] = 7.0
+                msg.content.array_records["arrays"] = ArrayRecord({"w": Array(w)})
+            trained.append(p)
+        return inner(msg, ctx)
+
+    grid = LocalGrid(app, 5)
+    res = run_secure_round(grid, grid.node_ids, {"w": np.zeros(6, np.float32)},
+                           SecAggConfig(bound=0.5, neighbors="all", threshold=3, **FAST))  # fmt: skip
+    assert res.dropped["masked_input"] == (grid.node_ids[1],)  # it refused: an error reply, silence
+    assert "model digest" in res.errors[grid.node_ids[1]]
+    assert [grid.partition_of(n) for n in res.survivors] == [0, 2, 3, 4]
+
+
+def test_the_first_message_is_the_round_spec() -> None:
+    seen: list[bytes] = []
+    inner = _app("integer")
+
+    def app(msg: Message, ctx: Context) -> Message:
+        if msg.content.config_records["secagg"]["stage"] == "advertise_keys":
+            seen.append(unpack_payload(msg.content.array_records["secagg.payload"]))
+        return inner(msg, ctx)
+
+    grid = LocalGrid(app, 3)
+    res = run_secure_round(grid, grid.node_ids, {"x": np.zeros(4, np.int64)}, SecAggConfig(mode="integer", **FAST))
+    assert len(set(seen)) == 1
+    spec = RoundSpec.from_bytes(seen[0])
+    assert spec.fingerprint == res.fingerprint and spec.round_id.hex() == res.round_id and spec.mode == "integer"
+    assert spec.model_digest is not None
 
 
 # ----------------------------------------------------------------------------- session persistence
@@ -455,7 +535,8 @@ def test_session_export_is_the_client_sessions_own_state_and_refuses_bad_bytes()
 def test_client_refuses_a_stage_without_a_session() -> None:
     app = _app("integer")
     grid = LocalGrid(app, 3)
-    msg = Message(RecordDict({"secagg": ConfigRecord({"stage": "share_keys", "round": "00" * 16}),
+    ctl = ConfigRecord({"kind": "request", "stage": "share_keys", "round": "00" * 16, "cid": 1})
+    msg = Message(RecordDict({"secagg": ctl,
                               "secagg.payload": pack_payload(b"SAgg")}), grid.node_ids[0], "train.secagg")
     ids = list(grid.push_messages([msg]))
     (reply,) = grid.pull_messages(ids)
@@ -536,3 +617,4 @@ def test_a_reply_the_session_refuses_excludes_that_node_only() -> None:
     res = run_secure_round(grid, nodes, {"x": np.zeros(4, np.int64)},
                            SecAggConfig(mode="integer", neighbors="all", **FAST))  # fmt: skip
     assert len(res.survivors) == 4 and nodes[1] not in res.survivors
+    assert list(res.excluded) == [nodes[1]] and all(v == () for v in res.dropped.values())

@@ -4,13 +4,23 @@ real Flower deployment.
 Importing :mod:`secagg` never imports Flower; ``import secagg.flower`` does (install the
 ``flower`` extra: ``pip install 'secagg[flower]'``).
 
-* :mod:`secagg.flower.server` -- :class:`SecAggServer` (one secure round over a
-  ServerApp's ``Grid``), :class:`SecAggFedAvg` (Flower's FedAvg with secure training
-  rounds), :func:`run_secure_round`, :class:`CountingGrid`.
-* :mod:`secagg.flower.client` -- :class:`SecAggClient` / :func:`register` (the ClientApp
-  handler for ``"train.secagg"`` messages), :class:`ClientPolicy`, :class:`LocalUpdate`.
+One way to do each thing:
 
-See docs/flower.md for the deployment, the threat model and the measurements.
+* run secure rounds from a ServerApp: :class:`SecAggServer` (``run_round`` over a
+  ``Grid``), configured by :class:`SecAggConfig`; or keep Flower's strategy loop with
+  :class:`SecAggFedAvg` (Flower's FedAvg whose training step is a secure round);
+* answer them in a ClientApp: :func:`register` (a :class:`SecAggClient` handler for
+  ``"train.secagg"`` messages), with a :class:`ClientPolicy` and a training function
+  returning a :class:`LocalUpdate`;
+* read the outcome: :class:`SecureRoundResult`, :class:`StageReport` (``on_stage``),
+  :class:`SecureRoundAbort`;
+* count a workflow's bytes: :class:`CountingGrid`.
+
+The round is described by :class:`secagg.RoundSpec` and driven by
+:func:`secagg.driver.drive_round` over :class:`secagg.flower.transport.FlowerTransport`.
+Modules: :mod:`~secagg.flower.config`, :mod:`~secagg.flower.server`,
+:mod:`~secagg.flower.strategy`, :mod:`~secagg.flower.transport`,
+:mod:`~secagg.flower.results`, :mod:`~secagg.flower.client`.  See docs/flower.md.
 """
 
 from __future__ import annotations
@@ -22,28 +32,21 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - exercised only without
         "secagg.flower needs Flower; install it with: pip install 'secagg[flower]'", name="flwr"
     ) from _exc
 
-from secagg.flower._codec import MESSAGE_TYPE, ArraySpec, RoundSpec, export_session, restore_session
+from secagg.flower._codec import MESSAGE_TYPE
 from secagg.flower.client import SECAGG_ERROR_CODE, ClientPolicy, FlowerTrainFn, LocalUpdate, SecAggClient, register
-from secagg.flower.server import (
-    CountingGrid,
-    SecAggConfig,
-    SecAggFedAvg,
-    SecAggServer,
-    SecureRoundAbort,
-    SecureRoundResult,
-    StageReport,
-    run_secure_round,
-)
+from secagg.flower.config import SecAggConfig
+from secagg.flower.results import SecureRoundAbort, SecureRoundResult, StageReport
+from secagg.flower.server import SecAggServer
+from secagg.flower.strategy import SecAggFedAvg
+from secagg.flower.transport import CountingGrid
 
 __all__ = [
     "MESSAGE_TYPE",
     "SECAGG_ERROR_CODE",
-    "ArraySpec",
     "ClientPolicy",
     "CountingGrid",
     "FlowerTrainFn",
     "LocalUpdate",
-    "RoundSpec",
     "SecAggClient",
     "SecAggConfig",
     "SecAggFedAvg",
@@ -51,8 +54,5 @@ __all__ = [
     "SecureRoundAbort",
     "SecureRoundResult",
     "StageReport",
-    "export_session",
     "register",
-    "restore_session",
-    "run_secure_round",
 ]

@@ -21,11 +21,19 @@ the round's :class:`~flwr.app.ConfigRecord` and the Flower context and returns a
 ArrayRecord, a mapping name -> ndarray, a torch state dict or a torch ``nn.Module``
 (opacus wrappers are unwrapped with :mod:`secagg.torch`).
 
+The first message of a round carries the round's :class:`~secagg.spec.RoundSpec` (its
+canonical bytes, read with the strict :meth:`~secagg.spec.RoundSpec.from_bytes`); the
+client keeps it with its session and encodes its update with :meth:`RoundSpec.encode
+<secagg.spec.RoundSpec.encode>`.
+
 What the client checks before it helps (it refuses with an error reply, which the server
 counts as a dropout): the protocol's own checks (:class:`~secagg.client.ClientSession`:
-safe threshold and cohort floor, roster, deliveries, unmasking requests), that the round
-spec matches the protocol config, its :class:`ClientPolicy` (modes, dimension, least
-noise accepted), and that the arrays it trains on match the round's layout.
+safe threshold and cohort floor, roster, deliveries, unmasking requests), its
+:class:`ClientPolicy` (modes, dimension, least noise accepted), that it never joined the
+round id before (a replayed first message is refused: no second session, training or
+upload), and that the global arrays it trains on are the ones the spec names
+(:meth:`RoundSpec.check_model <secagg.spec.RoundSpec.check_model>`, against a server
+that sends one node a crafted model) and fit the round's layout.
 """
 
 from __future__ import annotations
@@ -41,30 +49,35 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.client import ClientSession, ClientState
-from secagg.errors import MessageError, ProtocolError, SecAggError, SecAggTypeError, SecAggValueError
+from secagg.errors import MessageError, RemoteProtocolError, SecAggError, SecAggTypeError, SecAggValueError
 from secagg.flower._codec import (
     ARRAYS_KEY,
     CONTROL_KEY,
-    MODES,
+    NOTICE,
     PAYLOAD_KEY,
+    REQUEST,
     STATE_KEY,
     TRAIN_CONFIG_KEY,
-    RoundSpec,
+    arrays_of,
     export_session,
     pack_payload,
     restore_session,
     unpack_payload,
 )
-from secagg.messages import RoundConfig, Stage, decode_message
+from secagg.messages import Stage
 from secagg.rand import RngLike
+from secagg.spec import MODES, RoundSpec
 
 __all__ = [
     "HEADS_KEY",
+    "JOINED_KEY",
     "KEPT_HEADS",
+    "KEPT_ROUNDS",
     "SECAGG_ERROR_CODE",
     "ClientPolicy",
     "FlowerTrainFn",
     "LocalUpdate",
+    "ReplayedRound",
     "SecAggClient",
     "register",
 ]
@@ -76,6 +89,11 @@ SECAGG_ERROR_CODE = 5091
 #: ``context.state`` key of the ledger heads a node has seen, and how many it keeps.
 HEADS_KEY = "secagg.ledger-heads"
 KEPT_HEADS = 1000
+#: ``context.state`` key of the round ids this node joined (a replay is refused), and how
+#: many it keeps.
+JOINED_KEY = "secagg.joined-rounds"
+KEPT_ROUNDS = 10000
+_STAGES = frozenset(s.value for s in Stage)
 
 
 @dataclass(frozen=True)
@@ -124,19 +142,24 @@ class ClientPolicy:
             raise SecAggValueError("min_noise_multiplier must be None or a number > 0")
 
     def check(self, spec: RoundSpec) -> None:
-        """Raise :class:`~secagg.errors.ProtocolError` if this client must not take part."""
+        """Raise :class:`~secagg.errors.RemoteProtocolError` (``client=0``: the server asked)
+        if this client must not take part."""
         if self.require_dp and spec.mode != "dp":
-            raise ProtocolError(f"this client only takes part in dp rounds, not {spec.mode!r}")
+            raise _refuse(f"this client only takes part in dp rounds, not {spec.mode!r}")
         if spec.mode not in self.modes:
-            raise ProtocolError(f"this client does not take part in {spec.mode!r} rounds")
+            raise _refuse(f"this client does not take part in {spec.mode!r} rounds")
         if spec.d > self.max_dim:
-            raise ProtocolError(f"round vector of {spec.d} values exceeds this client's max_dim={self.max_dim}")
-        if spec.mode == "dp" and self.min_noise_multiplier is not None:
+            raise _refuse(f"round vector of {spec.d} values exceeds this client's max_dim={self.max_dim}")
+        if spec.mode == "dp" and self.min_noise_multiplier is not None and spec.plan is not None:
             z = float(spec.plan.noise_multiplier)
             if not z >= self.min_noise_multiplier:
-                raise ProtocolError(
+                raise _refuse(
                     f"the round's noise multiplier {z:g} is below this client's minimum {self.min_noise_multiplier:g}"
                 )
+
+
+def _refuse(reason: str) -> RemoteProtocolError:
+    return RemoteProtocolError(reason, client=0, stage=Stage.ADVERTISE_KEYS.value)
 
 
 def _to_numpy(obj: Any) -> dict[str, npt.NDArray[Any]]:
@@ -168,6 +191,11 @@ def _to_numpy(obj: Any) -> dict[str, npt.NDArray[Any]]:
     )
 
 
+class ReplayedRound(RemoteProtocolError):
+    """The server asked this node to join a round id it already joined (or finished).
+    Refused without touching the node's state: a client never joins a round twice."""
+
+
 class SecAggClient:
     """The ``"train.secagg"`` handler: ``handler(message, context) -> reply``.
 
@@ -194,17 +222,24 @@ class SecAggClient:
 
         try:
             ctl = message.content.config_records[CONTROL_KEY]
-            stage, rid = str(ctl["stage"]), str(ctl["round"])
+            kind, stage, rid = str(ctl["kind"]), str(ctl["stage"]), str(ctl["round"])
+            cid = ctl["cid"]
             payload = unpack_payload(message.content.array_records[PAYLOAD_KEY])
+            if kind not in (REQUEST, NOTICE) or stage not in _STAGES:
+                raise MessageError(f"unknown kind {kind!r} or stage {stage!r}")
+            if isinstance(cid, bool) or not isinstance(cid, int):
+                raise MessageError("the control record carries no client id")
         except (KeyError, MessageError) as exc:
             return FlowerMessage(Error(SECAGG_ERROR_CODE, f"secagg: malformed request: {exc}"), reply_to=message)
         try:
-            reply = self._handle(stage, rid, ctl, payload, message, context)
+            reply = self._handle(kind, Stage(stage), rid, cid, payload, message, context)
+        except ReplayedRound as exc:
+            log.warning("secagg client refused a replayed round %s: %s", rid[:8], exc)
+            return FlowerMessage(Error(SECAGG_ERROR_CODE, f"secagg: {type(exc).__name__}: {exc}"), reply_to=message)
         except Exception as exc:
+            self._forget(context, rid)
             if not isinstance(exc, SecAggError) and not _is_dp_error(exc):
-                self._forget(context)
                 raise
-            self._forget(context)
             log.warning("secagg client refused stage %s of round %s: %s", stage, rid[:8], exc)
             return FlowerMessage(Error(SECAGG_ERROR_CODE, f"secagg: {type(exc).__name__}: {exc}"), reply_to=message)
         content: dict[str, Any] = {CONTROL_KEY: ConfigRecord({"stage": stage, "round": rid})}
@@ -215,81 +250,90 @@ class SecAggClient:
     # -- state -----------------------------------------------------------------------------
 
     @staticmethod
-    def _forget(context: Any) -> None:
-        if STATE_KEY in context.state:
+    def _forget(context: Any, rid: str) -> None:
+        """Drop the session of round ``rid`` (a session of another round stays)."""
+        rec = context.state.config_records.get(STATE_KEY) if STATE_KEY in context.state else None
+        if rec is not None and rec.get("round") == rid:
             del context.state[STATE_KEY]
 
     @staticmethod
-    def _save(context: Any, session: ClientSession, spec_json: str, rid: str) -> None:
+    def _save(context: Any, session: ClientSession, spec: bytes, rid: str) -> None:
         from flwr.app import ConfigRecord
 
         if session.state in (ClientState.DONE, ClientState.ABORTED, ClientState.FAILED):
-            SecAggClient._forget(context)
+            SecAggClient._forget(context, rid)
             return
-        context.state[STATE_KEY] = ConfigRecord({"round": rid, "spec": spec_json, "session": export_session(session)})
+        context.state[STATE_KEY] = ConfigRecord({"round": rid, "spec": spec, "session": export_session(session)})
 
     @staticmethod
-    def _keep_head(context: Any, head: str) -> None:
-        """Remember the ledger heads the server announced (the latest :data:`KEPT_HEADS`);
-        any of them later proves a truncated or rewritten ledger
-        (``dp.ledger.verify_ledger(path, anchors=heads)``)."""
+    def _remember(context: Any, key: str, value: str, kept: int) -> None:
+        """Append ``value`` to the bounded list under ``key`` in ``context.state``."""
         from flwr.app import ConfigRecord
 
-        rec = context.state.config_records.get(HEADS_KEY) if HEADS_KEY in context.state else None
-        heads = [str(h) for h in rec["heads"]] if rec is not None else []
-        if not heads or heads[-1] != head:
-            heads = [*heads, head][-KEPT_HEADS:]
-        context.state[HEADS_KEY] = ConfigRecord({"heads": heads})
+        got = _kept(context, key)
+        if not got or got[-1] != value:
+            got = [*got, value][-kept:]
+        context.state[key] = ConfigRecord({"values": got})
 
-    def _load(self, context: Any, rid: str) -> tuple[ClientSession, RoundSpec, str]:
+    def _load(self, context: Any, rid: str) -> tuple[ClientSession, RoundSpec, bytes]:
         rec = context.state.config_records.get(STATE_KEY) if STATE_KEY in context.state else None
         if rec is None or rec.get("round") != rid:
-            raise ProtocolError("no secagg session for this round on this node (it never started or was forgotten)")
-        spec_json = str(rec["spec"])
+            raise RemoteProtocolError(
+                "no secagg session for this round on this node (it never started or was forgotten)", client=0
+            )
+        spec_bytes = bytes(rec["spec"])
         session = restore_session(bytes(rec["session"]), self._rng)
-        return session, RoundSpec.from_json(spec_json), spec_json
+        return session, RoundSpec.from_bytes(spec_bytes), spec_bytes
 
     # -- stages ----------------------------------------------------------------------------
 
+    def _join(self, rid: str, cid: int, payload: bytes, context: Any) -> bytes:
+        """The first stage: read the spec, refuse a replay, start a session."""
+        if rid in _kept(context, JOINED_KEY):
+            raise ReplayedRound(f"this node already joined round {rid[:16]}; refusing to join it again", client=0,
+                                stage=Stage.ADVERTISE_KEYS.value)  # fmt: skip
+        spec = RoundSpec.from_bytes(payload)
+        if spec.round_id.hex() != rid:
+            raise RemoteProtocolError("the request's round id differs from the round spec's", client=0,
+                                      stage=Stage.ADVERTISE_KEYS.value)  # fmt: skip
+        self._policy.check(spec)
+        session = ClientSession(spec.protocol, cid, self._rng)
+        out = session.start().encode()
+        self._remember(context, JOINED_KEY, rid, KEPT_ROUNDS)  # joined: never again, whatever happens next
+        self._save(context, session, spec.to_bytes(), rid)
+        if spec.ledger_head is not None:
+            self._remember(context, HEADS_KEY, spec.ledger_head, KEPT_HEADS)
+        return out
+
     def _handle(  # noqa: PLR0917 - internal helper
-        self, stage: str, rid: str, ctl: Any, payload: bytes, message: Any, context: Any) -> bytes | None:
-        if stage == Stage.ADVERTISE_KEYS.value:
-            config = decode_message(payload, RoundConfig)
-            assert isinstance(config, RoundConfig)
-            spec_json = str(ctl["spec"])
-            spec = RoundSpec.from_json(spec_json)
-            if config.round_id.hex() != rid:
-                raise ProtocolError("the request's round id differs from the protocol config's")
-            spec.check_config(config)
-            self._policy.check(spec)
-            cid = ctl["cid"]
-            if isinstance(cid, bool) or not isinstance(cid, int):
-                raise ProtocolError("the request carries no client id")
-            session = ClientSession(config, cid, self._rng)
-            out = session.start().encode()
-            self._save(context, session, spec_json, rid)
-            if spec.ledger_head is not None:
-                self._keep_head(context, spec.ledger_head)
-            return out
-        if stage not in (Stage.SHARE_KEYS.value, Stage.MASKED_INPUT.value, Stage.UNMASKING.value, "abort"):
-            raise ProtocolError(f"unknown secagg stage {stage!r}")
-        session, spec, spec_json = self._load(context, rid)
+        self, kind: str, stage: Stage, rid: str, cid: int, payload: bytes, message: Any, context: Any
+    ) -> bytes | None:
+        if kind == REQUEST and stage is Stage.ADVERTISE_KEYS:
+            return self._join(rid, cid, payload, context)
+        session, spec, spec_bytes = self._load(context, rid)
+        if session.client_id != cid:
+            raise RemoteProtocolError("the request names another client id than this node's", client=0,
+                                      stage=stage.value)  # fmt: skip
         reply = session.receive(payload)
-        if stage == Stage.MASKED_INPUT.value and reply is None and session.state is ClientState.AWAIT_INPUT:
+        awaiting = reply is None and session.state is ClientState.AWAIT_INPUT
+        if kind == REQUEST and stage is Stage.MASKED_INPUT and awaiting:
             ring = self._train_and_encode(spec, message, context)
             reply = session.provide_input(ring)
-        self._save(context, session, spec_json, rid)
-        return None if reply is None else reply.encode()
+        self._save(context, session, spec_bytes, rid)
+        return None if reply is None or kind == NOTICE else reply.encode()
 
     def _train_and_encode(self, spec: RoundSpec, message: Any, context: Any) -> Any:
         from flwr.app import ConfigRecord
 
         content = message.content
         if ARRAYS_KEY not in content.array_records:
-            raise ProtocolError("the masked-input request carries no global arrays to train from")
+            raise RemoteProtocolError("the masked-input request carries no global arrays to train from", client=0,
+                                      stage=Stage.MASKED_INPUT.value)  # fmt: skip
         arrays = content.array_records[ARRAYS_KEY]
         config = content.config_records.get(TRAIN_CONFIG_KEY, ConfigRecord())
-        base = spec.flatten(arrays, what="global arrays")  # checks the layout before training
+        current = arrays_of(arrays)
+        spec.check_model(current)  # the arrays the round names, or no training at all
+        base = spec.flatten(current, what="global arrays")
         out = self._train(arrays, config, context)
         if isinstance(out, LocalUpdate):
             trained, n_ex = out.arrays, out.num_examples
@@ -303,6 +347,11 @@ class SecAggClient:
             if not math.isfinite(float(np.sum(vec))):
                 raise SecAggValueError("the update holds NaN or infinite values; this client stays silent")
         return spec.encode(vec, num_examples=n_ex, rng=self._rng)
+
+
+def _kept(context: Any, key: str) -> list[str]:
+    rec = context.state.config_records.get(key) if key in context.state else None
+    return [str(v) for v in rec["values"]] if rec is not None else []
 
 
 def _is_dp_error(exc: BaseException) -> bool:
