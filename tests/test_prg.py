@@ -7,6 +7,7 @@ Regenerate ``tests/vectors/prg.json`` with ``python tests/test_prg.py`` (it uses
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import sys
 import tracemalloc
@@ -20,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.crypto.keys import LABEL_MASK, agree, derive, generate_keypair
-from secagg.crypto.prg import Masker, expand, keystream
+from secagg.crypto.prg import Masker, expand, keystream, keystream_at
 from secagg.errors import SecAggTypeError, SecAggValueError
 from secagg.ring import ring_dtype
 
@@ -309,3 +310,43 @@ def test_bad_shapes_and_widths(d: int, bits: int) -> None:
 if __name__ == "__main__":
     VECTOR_FILE.write_text(json.dumps(generate(), indent=1) + "\n")
     print(f"wrote {VECTOR_FILE}", file=sys.stderr)
+
+
+@pytest.mark.parametrize("bits", [7, 32, 33, 64])
+def test_masker_pieces_equal_whole(bits: int) -> None:
+    """Masks applied piece by piece (``start=``, any split, any order) equal the whole-vector
+    result: AES-CTR is seeked, never regenerated from the start."""
+    d = 10_007
+    masker = Masker(d, bits)
+    seeds = [(bytes([i + 1]) * 32, 1 if i % 2 else -1) for i in range(5)]
+    whole = np.zeros(d, dtype=ring_dtype(bits))
+    masker.add_many(whole, seeds)
+    pieces = np.zeros(d, dtype=ring_dtype(bits))
+    cuts = [0, 1, 3, 4096, 5000, 9999, d]
+    for s, e in reversed(list(itertools.pairwise(cuts))):
+        masker.add_many(pieces[s:e], seeds, start=s)
+    assert np.array_equal(whole, pieces)
+
+
+@given(st.integers(0, 1 << 20), st.binary(min_size=32, max_size=32))
+@settings(max_examples=40, deadline=None)
+def test_keystream_at_is_the_stream_from_offset(offset: int, seed: bytes) -> None:
+    """keystream_at(seed, offset) continues exactly where keystream(seed) is after offset
+    bytes (the counter wraps modulo 2^128)."""
+    seed = seed[:16] + b"\xff" * 15 + seed[31:]  # counter near 2^128: the wrap is exercised
+    full = keystream(seed).update(bytes(offset + 40))
+    assert keystream_at(seed, offset).update(bytes(40)) == full[offset:]
+
+
+def test_masker_start_errors() -> None:
+    masker = Masker(10, 32)
+    with pytest.raises(SecAggValueError):
+        masker.add_many(np.zeros(5, dtype=np.uint32), [(bytes(32), 1)], start=6)
+    with pytest.raises(SecAggValueError):
+        masker.add_many(np.zeros(5, dtype=np.uint32), [(bytes(32), 1)], start=-1)
+    with pytest.raises(SecAggTypeError):
+        masker.add_many(np.zeros(5, dtype=np.uint32), [(bytes(32), 1)], start=1.0)  # type: ignore[arg-type]
+    with pytest.raises(SecAggValueError):
+        masker.add_many(np.zeros(5, dtype=np.uint32), [(bytes(32), 1)])  # a piece needs start=
+    with pytest.raises(SecAggValueError):
+        keystream_at(bytes(32), -1)

@@ -68,7 +68,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from secagg.errors import SecAggTypeError, SecAggValueError
 from secagg.ring import check_bits, check_dim, ring_dtype, ring_mask
 
-__all__ = ["AES_KEY_SIZE", "SEED_SIZE", "Masker", "expand", "keystream"]
+__all__ = ["AES_KEY_SIZE", "SEED_SIZE", "Masker", "expand", "keystream", "keystream_at"]
 
 SEED_SIZE = 32
 """PRG seed size in bytes: a 16-byte AES-128 key followed by a 16-byte initial counter block."""
@@ -111,6 +111,34 @@ def keystream(seed: bytes) -> CipherContext:
     """
     key = _seed(seed)
     return Cipher(algorithms.AES(key[:AES_KEY_SIZE]), modes.CTR(key[AES_KEY_SIZE:])).encryptor()
+
+
+def keystream_at(seed: bytes, offset: int) -> CipherContext:
+    """:func:`keystream` positioned ``offset`` bytes into the stream (AES-CTR is seekable:
+    the counter block of byte ``offset`` is the initial counter block plus
+    ``offset // 16``, modulo 2^128; the first ``offset % 16`` bytes of that block are
+    generated and dropped).  The words of ``expand(seed, d, bits)[start:]`` are the
+    keystream from ``offset = start * itemsize``: a coordinate range of a mask costs only
+    its own bytes, which is what lets a mask be expanded in parallel pieces or streamed.
+
+    Raises:
+        SecAggTypeError, SecAggValueError: ``seed`` is not 32 bytes or ``offset`` is not an
+            int >= 0.
+    """
+    key = _seed(seed)
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
+        raise SecAggTypeError(f"offset must be an int, got {type(offset).__name__}")
+    offset = int(offset)
+    if offset < 0:
+        raise SecAggValueError(f"offset must be >= 0, got {offset}")
+    if offset == 0:
+        return keystream(key)
+    block, skip = divmod(offset, 16)
+    counter = (int.from_bytes(key[AES_KEY_SIZE:], "big") + block) % (1 << 128)
+    enc = Cipher(algorithms.AES(key[:AES_KEY_SIZE]), modes.CTR(counter.to_bytes(16, "big"))).encryptor()
+    if skip:
+        enc.update(bytes(skip))
+    return enc
 
 
 def expand(seed: bytes, d: int, bits: int) -> RingArray:
@@ -172,14 +200,24 @@ class Masker:
     def __repr__(self) -> str:
         return f"Masker(d={self.d}, bits={self.bits})"
 
-    def _check_acc(self, acc: object) -> RingArray:
+    def _check_start(self, start: object, acc: RingArray) -> int:
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)):
+            raise SecAggTypeError(f"start must be an int, got {type(start).__name__}")
+        first = int(start)
+        if first < 0 or first + acc.shape[0] > self.d:
+            raise SecAggValueError(
+                f"coordinates [{first}, {first + acc.shape[0]}) are outside the vector of length {self.d}"
+            )
+        return first
+
+    def _check_acc(self, acc: object, whole: bool = True) -> RingArray:
         if not isinstance(acc, np.ndarray):
             raise SecAggTypeError(f"acc must be a numpy array, got {type(acc).__name__}")
         if acc.dtype != self.dtype:
             raise SecAggTypeError(
                 f"acc must have dtype {np.dtype(self.dtype).name} for {self.bits}-bit masks, got {acc.dtype}"
             )
-        if acc.shape != (self.d,):
+        if (whole and acc.shape != (self.d,)) or acc.ndim != 1:
             raise SecAggValueError(f"acc must have shape ({self.d},), got {acc.shape}")
         if not acc.flags.writeable:
             raise SecAggValueError("acc is read-only; pass a writeable array (for example acc.copy())")
@@ -218,31 +256,43 @@ class Masker:
         """
         self.add_many(acc, ((seed, sign),))
 
-    def add_many(self, acc: npt.NDArray[Any], masks: Iterable[tuple[bytes, int]]) -> None:
+    def add_many(self, acc: npt.NDArray[Any], masks: Iterable[tuple[bytes, int]], *, start: int | None = None) -> None:
         """``acc <- acc + sum of sign * expand(seed, d, bits)  (mod 2^bits)`` over the
         ``(seed, sign)`` pairs of ``masks``, in place.
+
+        With ``start``, ``acc`` is a piece of the vector: its ``m`` values are coordinates
+        ``start .. start + m - 1``, and only those coordinates of each mask are generated
+        (seeking the AES-CTR stream, :func:`keystream_at`).  Applying the masks to the
+        pieces of a vector, in any order or in different processes, gives exactly the
+        whole-vector result (streaming, parallel expansion).
 
         Works chunk-outer: for each 128 KiB chunk of ``acc``, every mask's keystream for
         that chunk is generated into the shared buffer and added while the chunk is in
         cache; the result equals applying the masks one after the other.
 
         Args:
-            acc: writeable array of shape ``(d,)`` and dtype ``ring_dtype(bits)``.
+            acc: writeable array of shape ``(d,)`` (or ``(m,)`` with ``start``) and dtype
+                ``ring_dtype(bits)``.
             masks: ``(seed, sign)`` pairs: 32-byte PRG seeds, signs ``+1`` or ``-1``.
+            start: None (``acc`` is the whole vector) or the coordinate of ``acc[0]``,
+                with ``start + m <= d``.
 
         Raises:
-            SecAggTypeError / SecAggValueError: bad ``acc``, a bad seed or sign; every
-                entry is validated before ``acc`` is touched, so ``acc`` is then unchanged.
+            SecAggTypeError / SecAggValueError: bad ``acc``, ``start``, a bad seed or sign;
+                every entry is validated before ``acc`` is touched, so ``acc`` is then
+                unchanged.
         """
-        a = self._check_acc(acc)
+        a = self._check_acc(acc, whole=start is None)
+        first = 0 if start is None else self._check_start(start, a)
         checked = self._check_masks(masks)
-        for first in range(0, len(checked), _MAX_STREAMS):
-            self._apply(a, checked[first : first + _MAX_STREAMS])
+        for i in range(0, len(checked), _MAX_STREAMS):
+            self._apply(a, checked[i : i + _MAX_STREAMS], first)
 
-    def _apply(self, acc: RingArray, masks: list[tuple[bytes, int]]) -> None:
-        """One chunk-outer pass of validated masks over ``acc``."""
-        streams = [(keystream(seed), np.add if sign > 0 else np.subtract) for seed, sign in masks]
-        item, chunk, ks, buf_mv, mask, d = self._item, self._chunk, self._ks, self._buf_mv, self._mask, self.d
+    def _apply(self, acc: RingArray, masks: list[tuple[bytes, int]], first: int = 0) -> None:
+        """One chunk-outer pass of validated masks over ``acc`` (coordinates ``first ..``)."""
+        offset = first * self._item
+        streams = [(keystream_at(seed, offset), np.add if sign > 0 else np.subtract) for seed, sign in masks]
+        item, chunk, ks, buf_mv, mask, d = self._item, self._chunk, self._ks, self._buf_mv, self._mask, acc.shape[0]
         for start in range(0, d, chunk):
             m = min(chunk, d - start)
             nbytes = m * item
