@@ -20,7 +20,7 @@ from dp.rdp import _check_delta
 __all__ = ["MAX_NOISE_MULTIPLIER", "calibrate", "calibrate_noise_multiplier"]
 
 #: Largest noise multiplier the search tries before declaring the target unreachable.
-MAX_NOISE_MULTIPLIER = 1e6
+MAX_NOISE_MULTIPLIER = 1e9
 
 
 def _positive(name: str, value: object) -> float:

@@ -160,7 +160,7 @@ def _log_a_int(q: float, z: float, alpha: int) -> float:
     return float(np.logaddexp(0.0, log_rest))
 
 
-def _log_a_frac(q: float, z: float, alpha: float) -> float:
+def _log_a_frac(q: float, z: float, alpha: float, max_terms: int = 1 << 21) -> float:
     """log A_alpha of the sampled Gaussian for fractional alpha (Mironov-Talwar-Zhang series).
 
     The generalised binomial series alternates in sign after the first floor(alpha) + 1
@@ -174,7 +174,7 @@ def _log_a_frac(q: float, z: float, alpha: float) -> float:
     log_q, log_1mq = math.log(q), math.log1p(-q)
     k0 = math.floor(alpha) + 1
     n = 512
-    while n <= (1 << 21):
+    while n <= max_terms:
         i = np.arange(n, dtype=np.float64)
         j = alpha - i
         logc = _log_comb(alpha, i)
@@ -197,13 +197,54 @@ def _log_a_frac(q: float, z: float, alpha: float) -> float:
     return math.inf
 
 
+#: Below this log A_alpha the fractional series loses relative precision to cancellation
+#: (its terms are O(1) and alternate), so the interpolation bound is used instead.
+_FRAC_TRUSTED = 1e-10
+#: Terms of the fractional series tried before falling back to the interpolation bound.
+_FRAC_MAX_TERMS = 1 << 13
+
+
+@functools.lru_cache(maxsize=4096)
+def _log_a_int_cached(q: float, z: float, alpha: int) -> float:
+    return _log_a_int(q, z, alpha)
+
+
+def _log_a_interpolated(q: float, z: float, alpha: float) -> float:
+    """Upper bound on log A_alpha from the exact integer orders around alpha.
+
+    log A_alpha = log E[(P/Q)^alpha] is convex in alpha (Hoelder), and log A_1 = 0, so
+    between k = floor(alpha) and k + 1 it lies below the chord.
+    """
+    k = math.floor(alpha)
+    lo = _log_a_int_cached(q, z, k) if k >= 2 else 0.0
+    hi = _log_a_int_cached(q, z, k + 1)
+    return lo + (alpha - k) * (hi - lo)
+
+
 @functools.lru_cache(maxsize=512)
 def _subsampled_gaussian_cached(q: float, z: float, orders: tuple[float, ...]) -> tuple[float, ...]:
     out = []
     for a in orders:
-        log_a = _log_a_int(q, z, int(a)) if float(a).is_integer() else _log_a_frac(q, z, a)
+        if float(a).is_integer():
+            log_a = _log_a_int_cached(q, z, int(a))
+        else:
+            bound = _log_a_interpolated(q, z, a)
+            series = _log_a_frac(q, z, a, _FRAC_MAX_TERMS)
+            log_a = min(series, bound) if _FRAC_TRUSTED <= series < math.inf else bound
         out.append(log_a / (a - 1.0))
     return tuple(out)
+
+
+def _sound_curve(a: FloatArray, rdp: FloatArray, cap: FloatArray | None = None) -> FloatArray:
+    """Clamp a computed RDP curve to what is true of every Renyi divergence: >= 0,
+    non-decreasing in the order (values raised to the running maximum over smaller orders:
+    the safe side), and at most ``cap`` (e.g. the unsampled curve) where given."""
+    r = np.maximum(np.asarray(rdp, dtype=np.float64), 0.0)
+    if cap is not None:
+        r = np.minimum(r, cap)
+    idx = np.argsort(a, kind="stable")
+    r[idx] = np.maximum.accumulate(r[idx])
+    return r
 
 
 def subsampled_gaussian_rdp(
@@ -213,6 +254,13 @@ def subsampled_gaussian_rdp(
 
     Exact log A_alpha / (alpha - 1) (Mironov, Talwar, Zhang 2019), matching opacus's and
     TF Privacy's analysis; numerically stable in log space for integer and fractional orders.
+
+    Always sound: integer orders are the exact finite sum (all terms positive, full
+    relative precision even for values near 1e-16); a fractional order takes the series
+    only where it is trustworthy (log A_alpha >= 1e-10, converged within 2^13 terms) and
+    never above the chord between the exact neighbouring integer orders (log A_alpha is
+    convex in alpha), which it falls back to otherwise.  The curve is then clamped: never
+    negative, never above the unsampled alpha / (2 z^2), and non-decreasing in the order.
     """
     a = _orders(orders)
     q, z = float(sampling_rate), float(noise_multiplier)
@@ -220,9 +268,11 @@ def subsampled_gaussian_rdp(
         raise DPValueError(f"sampling_rate must be in (0, 1], got {q}")
     if z == 0:
         return np.full_like(a, np.inf)
+    unsampled = a / (2.0 * z * z)
     if q == 1.0:
-        return a / (2.0 * z * z)
-    return np.array(_subsampled_gaussian_cached(q, z, tuple(float(x) for x in a)), dtype=np.float64)
+        return unsampled
+    raw = np.array(_subsampled_gaussian_cached(q, z, tuple(float(x) for x in a)), dtype=np.float64)
+    return _sound_curve(a, raw, unsampled)
 
 
 # --------------------------------------------------------------------------- other mechanisms

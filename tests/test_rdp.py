@@ -16,7 +16,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from dp.accountants import RdpAccountant
+from dp.calibration import calibrate_noise_multiplier
 from dp.errors import AccountingError, DPTypeError, DPValueError
 from dp.events import (
     ComposedEvent,
@@ -399,3 +403,43 @@ def test_composition_rules() -> None:
     assert np.all(event_rdp(ComposedEvent([])) == 0)
     lap = event_rdp(PoissonSampledEvent(0.1, LaplaceEvent(1.0)))
     assert np.all(lap <= laplace_rdp(1.0))
+
+
+# ----------------------------------------------------------------------------- soundness at the edges
+
+
+def test_subsampled_gaussian_tiny_values_are_exact_not_cancelled() -> None:
+    """Issue: q=0.01, z=3e5 gave -1.19e-15, 1.03e-15, 1.11e-15 (negative, non-monotone)."""
+    q, z = 0.01, 3e5
+    curve = subsampled_gaussian_rdp(q, z, [1.1, 1.5, 2.0])
+    assert np.all(curve >= 0) and np.all(np.diff(curve) >= 0)
+    # alpha = 2 in closed form: A_2 = 1 + q^2 (e^{1/z^2} - 1)
+    assert curve[2] == pytest.approx(math.log1p(q * q * math.expm1(1 / z**2)), rel=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    q=st.floats(1e-5, 1.0, exclude_min=False),
+    log_z=st.floats(math.log(0.05), math.log(1e7)),
+    orders=st.lists(st.floats(1.01, 300.0), min_size=2, max_size=8),
+)
+def test_subsampled_gaussian_curve_is_sound(q: float, log_z: float, orders: list[float]) -> None:
+    """Never negative, non-decreasing in the order, never above the unsampled Gaussian."""
+    z = math.exp(log_z)
+    a = np.sort(np.asarray(orders))
+    curve = subsampled_gaussian_rdp(q, z, a)
+    assert np.all(np.isfinite(curve)) and np.all(curve >= 0)
+    assert np.all(np.diff(curve) >= 0)
+    assert np.all(curve <= a / (2 * z * z) * (1 + 1e-12))
+
+
+def test_huge_compositions_are_not_reported_as_free() -> None:
+    """Issue: 10**15 rounds of q=0.01, z~3e5 reported epsilon 0.0 (dp_accounting: 5.03) and
+    calibrate_noise_multiplier(1.0, 1e-5, 10**15, 0.01) returned 296672 (true epsilon 5.09)."""
+    acc = RdpAccountant()
+    acc.compose(PoissonSampledEvent(0.01, GaussianEvent(296_672.0)), 10**15)
+    assert acc.get_epsilon(1e-5) > 5.0
+    z = calibrate_noise_multiplier(1.0, 1e-5, 10**15, 0.01)
+    check = RdpAccountant()
+    check.compose(PoissonSampledEvent(0.01, GaussianEvent(z)), 10**15)
+    assert z > 1e6 and check.get_epsilon(1e-5) <= 1.0
