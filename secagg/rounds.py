@@ -1,16 +1,21 @@
-"""What the drivers at the edges share: round set-up, accounting and ledger records.
+"""What the drivers at the edges share after a round: accounting and ledger records.
 
-:mod:`secagg.torch` and :mod:`secagg.flower` run secure rounds over different transports,
-but the rest is the same: FedAvg weighting inside the secure sum (the capped example count
-rides in one extra coordinate), the cohort floor where the distributed-DP noise is
-calibrated, the worst-case budget check before a round starts, the two-adversary figures
-of :class:`dp.tracker.PrivacyTracker`, the ledger header and one :class:`dp.ledger.Ledger`
-record per round.  This module is that common part.  It imports neither torch nor flwr,
-and :mod:`secagg` does not import it (it needs :mod:`dp`).
+:mod:`secagg.torch` and :mod:`secagg.flower` run secure rounds over different transports
+(set up by :func:`secagg.spec.build_spec`, driven by :func:`secagg.driver.drive_round`),
+but what follows is the same: the worst-case budget check before a round starts, the
+two-adversary figures of :class:`dp.tracker.PrivacyTracker`, the ledger header and one
+:class:`dp.ledger.Ledger` record per round naming the round's
+:class:`~secagg.spec.RoundSpec` by its fingerprint.  This module is that common part.  It
+imports neither torch nor flwr, and :mod:`secagg` does not import it (it needs :mod:`dp`).
 
 Threat model of the figures: see :mod:`dp.tracker` (``release`` with sampling
 amplification and all noise present; ``server`` without amplification and only the noise
 guaranteed against a server colluding with ``colluders`` clients).
+
+``fedavg_encoder``, ``cohort_floor`` (now in :mod:`secagg.spec`) and ``encode_weighted`` /
+``decode_weighted`` (replaced by :meth:`RoundSpec.encode <secagg.spec.RoundSpec.encode>` /
+:meth:`~secagg.spec.RoundSpec.decode`) stay importable from here only until
+:mod:`secagg.flower` is ported to the spec; new code must not use them.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ from dp.distributed import DistributedPlan, NoiseReport
 from dp.errors import BudgetExceededError
 from dp.ledger import Ledger, canonical_json
 from dp.tracker import PrivacyTracker, RoundEpsilon, RoundPrivacy
-from secagg.encoding import FixedPointEncoder, centered_lift, check_headroom
+from secagg.encoding import FixedPointEncoder, centered_lift
 from secagg.errors import SecAggTypeError, SecAggValueError
-from secagg.graph import ThreatModel
 from secagg.messages import RoundConfig
 from secagg.rand import RngLike
+from secagg.spec import RoundSpec, cohort_floor, fedavg_encoder
 
 __all__ = [
     "NOISE_UNITS",
@@ -52,28 +57,12 @@ __all__ = [
 NOISE_UNITS = "lattice (integer) units per coordinate; divide by mechanism.scale for model units"
 
 
-def fedavg_encoder(n: int, bits: int, bound: float, max_weight: int) -> FixedPointEncoder:
-    """The fixed-point encoder of example-count-weighted FedAvg over ``n`` clients.
-
-    The largest power-of-two scale for which ``n`` updates clipped to ``bound`` (model
-    units, per coordinate), each weighted by up to ``max_weight``, and the weight
-    coordinate itself cannot wrap the ``bits``-bit ring.
-
-    Raises:
-        HeadroomError: no scale fits (before anything is encoded).
-    """
-    weights = [max_weight] * n
-    encoder = FixedPointEncoder.fit(n, bits, bound, weights=weights)
-    encoder.headroom(n, weights=weights)
-    check_headroom(n, bits, 1, weights=weights)  # the weight coordinate
-    return encoder
-
-
 def encode_weighted(
     encoder: FixedPointEncoder, update: npt.ArrayLike, weight: int, rng: RngLike = None
 ) -> npt.NDArray[np.uint32] | npt.NDArray[np.uint64]:
-    """``weight * encode(update)`` followed by ``weight`` itself: one client's FedAvg vector
-    (``size + 1`` values in Z_2^bits).  ``weight`` is the client's capped example count."""
+    """Deprecated (kept for :mod:`secagg.flower` until its port; use
+    :meth:`RoundSpec.encode <secagg.spec.RoundSpec.encode>`): ``weight * encode(update)``
+    followed by ``weight`` itself."""
     body = encoder.encode(update, rng, weight=weight)
     ring = np.empty(body.size + 1, dtype=body.dtype)
     ring[:-1] = body
@@ -82,9 +71,9 @@ def encode_weighted(
 
 
 def decode_weighted(encoder: FixedPointEncoder, aggregate: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], int]:
-    """The sum of :func:`encode_weighted` vectors -> (weighted mean update, total weight).
-
-    The total weight of the survivors is revealed (individual weights are not).
+    """Deprecated (kept for :mod:`secagg.flower` until its port; use
+    :meth:`RoundSpec.decode <secagg.spec.RoundSpec.decode>`): the sum of
+    :func:`encode_weighted` vectors -> (weighted mean update, total weight).
 
     Raises:
         SecAggValueError: the total weight is 0 (no surviving client had examples).
@@ -94,21 +83,6 @@ def decode_weighted(encoder: FixedPointEncoder, aggregate: npt.ArrayLike) -> tup
     if weight <= 0:
         raise SecAggValueError("the survivors' total weight is 0: no surviving client had examples")
     return encoder.decode(total[:-1], count=weight), weight
-
-
-def cohort_floor(
-    n: int, *, dropout_fraction: float, corrupt_fraction: float, min_clients: int | None = None
-) -> tuple[int, int]:
-    """``(floor, colluders)`` of a distributed-DP round of ``n`` clients.
-
-    ``colluders`` comes from the SecAgg+ threat model (:class:`secagg.graph.ThreatModel`);
-    the floor, the fewest survivors the server unmasks and where the noise is calibrated,
-    is ``min_clients`` or by default ``max(colluders + 2, floor(n (1 - 2 dropout_fraction)))``,
-    clamped to ``[colluders + 2, n]`` (at least one honest share protects each client).
-    """
-    c = ThreatModel(n, dropout_fraction, corrupt_fraction).colluders
-    m = max(c + 2, math.floor(n * (1.0 - 2.0 * dropout_fraction))) if min_clients is None else min_clients
-    return min(max(m, c + 2), n), c
 
 
 def ledger_header(
@@ -292,20 +266,40 @@ class RoundAccount:
     ledger_head: str | None
 
 
+def _from_spec(spec: RoundSpec, total_weight: int | None, survivors: int) -> tuple[PlainRound | None, dict[str, Any]]:
+    """(plain-round description, record fields) of a round described by ``spec``."""
+    if not isinstance(spec, RoundSpec):
+        raise SecAggTypeError(f"spec must be a secagg.spec.RoundSpec, got {type(spec).__name__}")
+    fields: dict[str, Any] = {"spec": spec.fingerprint, "model_digest": spec.model_digest}
+    if spec.mode == "dp":
+        if total_weight is not None and total_weight != survivors:
+            raise SecAggValueError("a DP round weighs every survivor once: total_weight must be the survivors or None")
+        return None, fields
+    if isinstance(total_weight, bool) or not isinstance(total_weight, int) or total_weight < 0:
+        raise SecAggValueError(f"a {spec.mode} round needs total_weight, an int >= 0, got {total_weight!r}")
+    if spec.mode == "fedavg":
+        assert spec.encoder is not None
+        return PlainRound("fedavg", spec.encoder.clip, total_weight, spec.max_weight), fields
+    return PlainRound("integer", float(2**spec.bits - 1), total_weight), fields
+
+
 def account_round(
     tracker: PrivacyTracker | None,
     ledger: Ledger | None,
+    spec: RoundSpec | None = None,
     *,
-    round_index: int,
-    protocol: RoundConfig,
     survivors: int,
     dropped: Mapping[str, Sequence[int]],
-    layout: str,
-    ledger_head_sent: str | None,
-    plan: DistributedPlan | None = None,
+    total_weight: int | None = None,
+    excluded: Mapping[int, str] | None = None,
     sampling_rate: float | None = None,
-    plain: PlainRound | None = None,
     extra: Mapping[str, Any] | None = None,
+    round_index: int | None = None,
+    protocol: RoundConfig | None = None,
+    layout: str | None = None,
+    ledger_head_sent: str | None = None,
+    plan: DistributedPlan | None = None,
+    plain: PlainRound | None = None,
 ) -> RoundAccount:
     """Account for a finished round and write its ledger record.
 
@@ -315,20 +309,23 @@ def account_round(
     fails (disk, a ledger changed on disk), the tracker has already counted the round: the
     safe side, since the aggregate exists.
 
+    Describe the round with its ``spec`` (the record names it by ``spec`` fingerprint and
+    ``model_digest``; round index, protocol, layout, ledger head and DP plan come from
+    it).  The keywords ``round_index``, ``protocol``, ``layout``, ``ledger_head_sent``,
+    ``plan`` and ``plain`` describe a round without a spec: they are kept only until
+    :mod:`secagg.flower` passes its spec, and may not be mixed with ``spec``.
+
     Args:
         tracker: fed every distributed-DP round (None: no accounting).
         ledger: receives the record (None: no record); a distributed-DP ledger needs a tracker.
-        round_index: the round's index in the run (0, 1, ...).
-        protocol: the round's protocol configuration (``n`` clients were sampled).
+        spec: the round's :class:`~secagg.spec.RoundSpec`.
         survivors: how many clients' inputs are in the sum.
         dropped: per protocol stage, the clients that went silent or were excluded.
-        layout: fingerprint of the update layout.
-        ledger_head_sent: the ledger head the round's configuration carried to the clients.
-        plan: the distributed-DP plan of a DP round; its noise report for ``survivors``
-            is what the round spent.
+        total_weight: the survivors' total weight the round revealed (fedavg: summed
+            capped example counts; integer: as the caller counts); None for DP.
+        excluded: client id -> why the server excluded it (recorded as ``excluded``).
         sampling_rate: clients sampled / population, for the release figure (DP rounds;
             None: 1.0, no amplification).
-        plain: the description of a round without DP (exactly one of ``plan`` and ``plain``).
         extra: further JSON fields for the record; may not replace the fields built here.
 
     Raises:
@@ -337,8 +334,22 @@ def account_round(
         dp.errors.LedgerError: ``extra`` holds values JSON cannot carry (nothing recorded),
             or the append failed.
     """
+    spec_fields: dict[str, Any] = {}
+    if spec is not None:
+        legacy = (round_index, protocol, layout, ledger_head_sent, plan, plain)
+        if any(v is not None for v in legacy):
+            raise SecAggValueError("describe the round with its spec or with the legacy keywords, not both")
+        if isinstance(survivors, bool) or not isinstance(survivors, int):
+            raise SecAggValueError(f"survivors must be an int, got {survivors!r}")
+        plain, spec_fields = _from_spec(spec, total_weight, survivors)
+        round_index, protocol, layout = spec.round_index, spec.protocol, spec.layout_fingerprint
+        ledger_head_sent, plan = spec.ledger_head, spec.plan
     if not isinstance(protocol, RoundConfig):
         raise SecAggTypeError(f"protocol must be a RoundConfig, got {type(protocol).__name__}")
+    if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < 0:
+        raise SecAggValueError(f"round_index must be an int >= 0, got {round_index!r}")
+    if not isinstance(layout, str):
+        raise SecAggTypeError(f"layout must be the layout's fingerprint (a str), got {type(layout).__name__}")
     n = protocol.n
     if isinstance(survivors, bool) or not isinstance(survivors, int) or not 0 <= survivors <= n:
         raise SecAggValueError(f"survivors must be an int in [0, {n}], got {survivors!r}")
@@ -351,6 +362,10 @@ def account_round(
             raise SecAggValueError("a distributed-DP ledger record carries epsilons: pass a PrivacyTracker too")
     elif not isinstance(plain, PlainRound):
         raise SecAggTypeError(f"plain must be a PlainRound, got {type(plain).__name__}")
+    if excluded is not None:
+        if not isinstance(excluded, Mapping):
+            raise SecAggTypeError(f"excluded must map a client id to a reason, got {type(excluded).__name__}")
+        spec_fields["excluded"] = {str(int(c)): str(why) for c, why in sorted(excluded.items())}
 
     record: dict[str, Any] = {
         "round": round_index,
@@ -362,6 +377,7 @@ def account_round(
         "layout": layout,
         "ledger_head_sent": ledger_head_sent,
         "protocol": protocol_summary(protocol),
+        **spec_fields,
     }
     noise: NoiseReport | None = None
     rp: RoundPrivacy | None = None

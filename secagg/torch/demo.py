@@ -402,7 +402,7 @@ def run_demo(
 
     Every round each client trains locally from the global model; its update (delta) is
     clipped, noised with its share of distributed discrete Gaussian (or Skellam) noise,
-    masked and summed with SecAgg+ (:mod:`secagg.torch.adapter`); clients drop out at
+    masked and summed with SecAgg+ (:func:`secagg.torch.run_round`); clients drop out at
     random protocol stages with probability ``dropout``.  The server divides the noised
     sum by the number of survivors.  The baseline is plaintext FedAvg (example-count
     weights, no noise, no clipping) over the same surviving clients each round.
@@ -429,8 +429,7 @@ def run_demo(
     from dp.report import write_report
     from dp.tracker import PrivacyTracker
     from secagg.simulate import STAGES
-    from secagg.torch.adapter import DPAggregation, SecureServer, run_round
-    from secagg.torch.flatten import UpdateLayout
+    from secagg.torch import DPAggregation, SecureServer, UpdateLayout, run_round
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -498,6 +497,7 @@ def run_demo(
         participants = [c for c in ids if c in set(upd.survivors)]
         baseline = fedavg_round(baseline, participants, plain_train)
         eps = upd.privacy
+        assert eps is not None  # a DP run with a tracker
         senders = max(1, sum(1 for o in report.clients if o.stage != STAGES[0]))
         row = DemoRound(
             round=r + 1,
@@ -524,7 +524,7 @@ def run_demo(
         files["accuracy_plot"] = str(out_dir / "accuracy.png")
     if (out_dir / "epsilon.png").exists():
         files["epsilon_plot"] = str(out_dir / "epsilon.png")
-    cfg = server.config
+    spec = server.spec
     params: dict[str, Any] = {
         "rounds": rounds,
         "clients": clients,
@@ -540,7 +540,8 @@ def run_demo(
         "lr": lr,
         "cohort_floor": floor,
         "tolerated_dropouts": tolerated,
-        "protocol": cfg.to_dict() if cfg is not None else None,
+        "protocol": spec.to_dict() if spec is not None else None,
+        "spec_fingerprint": spec.fingerprint if spec is not None else None,
         "ledger_head": str(ledger.head),
     }
     summary = {"parameters": params, "rounds": [dataclasses.asdict(r) for r in history], "files": files}

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from secagg.errors import SecAggTypeError, SecAggValueError
+from secagg.torch._names import unwrap
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -189,8 +190,8 @@ class UpdateLayout:
         """Layout of ``model``'s update.
 
         Args:
-            model: any :class:`torch.nn.Module` (wrapped models: map names first, see
-                :mod:`secagg.torch.opacus_compat`).
+            model: any :class:`torch.nn.Module`; wrappers (opacus, ``torch.compile``,
+                DDP) are unwrapped, so the names are the plain model's.
             trainable_only: only parameters with ``requires_grad`` (default).
             include_buffers: also floating-point persistent buffers (integer buffers are
                 always left out).
@@ -201,6 +202,7 @@ class UpdateLayout:
         """
         if not isinstance(model, nn.Module):
             raise SecAggTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        model = unwrap(model)
         state_names = set(model.state_dict(keep_vars=True).keys())
         specs: list[TensorSpec] = []
         for name, p in model.named_parameters():  # remove_duplicate=True: tied weights once
@@ -438,10 +440,11 @@ class UpdateLayout:
         return vec
 
     def extract(self, model: nn.Module, *, client: object = None) -> dict[str, torch.Tensor]:
-        """The layout's tensors of ``model`` (no copy; detached)."""
+        """The layout's tensors of ``model`` (no copy; detached; wrappers such as opacus,
+        ``torch.compile`` or DDP are unwrapped first)."""
         if not isinstance(model, nn.Module):
             raise SecAggTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        state = model.state_dict()
+        state = unwrap(model).state_dict()
         self.check(state, client=client)
         return {s.name: state[s.name] for s in self.specs}
 

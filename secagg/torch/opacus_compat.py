@@ -16,36 +16,40 @@ server (it never sees the client's data, sampling or noise): :func:`self_reporte
 records it as a :class:`SelfReportedEpsilon`, kept apart from the client-level guarantee the
 server-side accounting gives.
 
+A ``PrivacyEngine`` made for one round knows that round only: its epsilon is a per-round
+figure, and a client's data is used again every round.  :func:`compose_self_reported`
+composes each client's DP-SGD steps over every round it reported (the events
+``(noise_multiplier, sample_rate, steps)`` from opacus' history, through :mod:`dp`'s RDP
+accountant) into a :class:`ClientDPSGD`: the example-level figure of the whole run so far.
+
 opacus is imported only inside the functions that need it.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from dp.accountants import make_accountant
+from dp.errors import DPError
+from dp.events import GaussianEvent, PoissonSampledEvent
 from secagg.errors import SecAggTypeError, SecAggValueError
+from secagg.torch._names import map_names, strip_prefixes, unwrap
 from secagg.torch.flatten import UpdateLayout
 
 __all__ = [
-    "WRAPPER_PREFIXES",
+    "ClientDPSGD",
     "SelfReportedEpsilon",
     "client_state_dict",
+    "compose_self_reported",
     "prepare_global_model",
     "self_reported_epsilon",
-    "strip_prefixes",
-    "unwrap",
 ]
-
-#: Name prefixes added by opacus wrappers (GradSampleModule and friends).
-WRAPPER_PREFIXES: tuple[str, ...] = ("_module.",)
-
 
 def _opacus() -> Any:
     try:
@@ -79,52 +83,6 @@ def prepare_global_model(model: nn.Module, **fix_kwargs: Any) -> nn.Module:
     return fixed
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside opacus wrappers (``GradSampleModule``, ``DPDDP``), or
-    ``model`` itself."""
-    if not isinstance(model, nn.Module):
-        raise SecAggTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if "opacus" not in sys.modules:  # never imported: nothing can be wrapped (and importing costs ~1 s)
-        return model
-    from opacus.grad_sample.gsm_base import AbstractGradSampleModule
-
-    seen = 0
-    while isinstance(model, AbstractGradSampleModule) or type(model).__name__ == "DPDDP":
-        inner = model._module if isinstance(model, AbstractGradSampleModule) else model.module
-        if not isinstance(inner, nn.Module) or seen > 8:
-            break
-        model = inner
-        seen += 1
-    return model
-
-
-def strip_prefixes(
-    state: Mapping[str, torch.Tensor], prefixes: tuple[str, ...] = WRAPPER_PREFIXES
-) -> dict[str, torch.Tensor]:
-    """Copy of ``state`` (same tensors) with wrapper ``prefixes`` removed from the front of
-    every key, repeatedly (nested wrappers).
-
-    Raises:
-        SecAggValueError: two keys map to the same name.
-    """
-    if not isinstance(state, Mapping):
-        raise SecAggTypeError(f"state must be a mapping, got {type(state).__name__}")
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        name = str(key)
-        changed = True
-        while changed:
-            changed = False
-            for p in prefixes:
-                if p and name.startswith(p):
-                    name = name[len(p) :]
-                    changed = True
-        if name in out:
-            raise SecAggValueError(f"keys {key!r} and another both map to {name!r}; the state mixes wrapped names")
-        out[name] = value
-    return out
-
-
 def client_state_dict(
     private_model: nn.Module | Mapping[str, torch.Tensor],
     *,
@@ -143,10 +101,11 @@ def client_state_dict(
         UpdateError: the mapped state does not fit ``layout``.
     """
     if isinstance(private_model, nn.Module):
-        state = strip_prefixes(unwrap(private_model).state_dict())
-    else:
+        private_model = unwrap(private_model).state_dict()
+    if layout is None:
         state = strip_prefixes(private_model)
-    if layout is not None:
+    else:
+        state = map_names(private_model, {*layout.names, *layout.ignored})
         layout.check(state, client=client)
     return state
 
@@ -215,3 +174,87 @@ def self_reported_epsilon(privacy_engine: Any, delta: float, *, client: object) 
         accountant=str(accountant.mechanism()),
         history=history,
     )
+
+
+@dataclass(frozen=True)
+class ClientDPSGD:
+    """One client's example-level DP-SGD over the run so far, composed from its self-reports.
+
+    Attributes:
+        client: the client, as its reports name it.
+        rounds: how many rounds' reports are composed.
+        history: every ``(noise_multiplier, sample_rate, steps)`` triple reported, in order.
+        delta: the smallest delta the client reported (the figure is at this delta).
+        epsilon: example-level epsilon of all the reported steps, composed with
+            :mod:`dp`'s RDP accountant (``inf`` if a step had no noise).  Still
+            self-reported: the server cannot check the history.
+
+    A client that keeps one ``PrivacyEngine`` across rounds reports a cumulative history;
+    composing it again each round overstates its epsilon (the safe side).  Make a fresh
+    engine each round (``make_private`` on the copy of the global model the round gives).
+    """
+
+    client: str
+    rounds: int
+    history: tuple[tuple[float, float, int], ...]
+    delta: float
+    epsilon: float
+    kind: str = "self-reported"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record (``epsilon`` None when infinite)."""
+        return {
+            "kind": self.kind,
+            "verified": False,
+            "scope": f"composed over {self.rounds} round(s)",
+            "client": self.client,
+            "rounds": self.rounds,
+            "epsilon": self.epsilon if math.isfinite(self.epsilon) else None,
+            "delta": self.delta,
+            "accountant": "rdp",
+            "history": [list(h) for h in self.history],
+        }
+
+
+def _dpsgd_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    acct = make_accountant("rdp")
+    for z, q, steps in history:
+        if steps > 0:
+            acct.compose(PoissonSampledEvent(q, GaussianEvent(z)), steps)
+    return float(acct.get_epsilon(delta))
+
+
+def compose_self_reported(
+    previous: Mapping[str, ClientDPSGD], reports: Iterable[SelfReportedEpsilon]
+) -> dict[str, ClientDPSGD]:
+    """Add one round's reports to each client's composition (``previous`` is not changed).
+
+    Args:
+        previous: client -> :class:`ClientDPSGD` before this round (``{}`` at the start).
+        reports: this round's :class:`SelfReportedEpsilon`, at most one per client.
+
+    Returns:
+        client -> :class:`ClientDPSGD` after this round (clients without a report keep
+        their figure).
+
+    Raises:
+        SecAggTypeError: not SelfReportedEpsilon reports.
+        SecAggValueError: two reports of one client, or a history the accountant refuses.
+    """
+    out = dict(previous)
+    seen: set[str] = set()
+    for r in reports:
+        if not isinstance(r, SelfReportedEpsilon):
+            raise SecAggTypeError(f"reports must be SelfReportedEpsilon, got {type(r).__name__}")
+        if r.client in seen:
+            raise SecAggValueError(f"client {r.client} reported twice in one round")
+        seen.add(r.client)
+        before = out.get(r.client)
+        history = (before.history if before else ()) + r.history
+        delta = min(r.delta, before.delta) if before else r.delta
+        try:
+            epsilon = _dpsgd_epsilon(history, delta)
+        except DPError as exc:
+            raise SecAggValueError(f"client {r.client}: its DP-SGD history cannot be accounted: {exc}") from exc
+        out[r.client] = ClientDPSGD(r.client, (before.rounds if before else 0) + 1, history, delta, epsilon)
+    return out
