@@ -16,15 +16,17 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from secagg.errors import SecAggValueError
-from secagg.torch.flatten import UpdateError, UpdateLayout
-from secagg.torch.opacus_compat import (
+from secagg.torch import (
+    ClientDPSGD,
     SelfReportedEpsilon,
     client_state_dict,
+    compose_self_reported,
     prepare_global_model,
     self_reported_epsilon,
     strip_prefixes,
     unwrap,
 )
+from secagg.torch.flatten import UpdateError, UpdateLayout
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -112,6 +114,21 @@ def test_strip_prefixes_nested_and_collisions() -> None:
     assert set(strip_prefixes({"_module._module.a": t, "_module.b": t, "c": t})) == {"a", "b", "c"}
     with pytest.raises(SecAggValueError):
         strip_prefixes({"_module.a": t, "a": t})
+    # torch.compile and DDP/DataParallel names too, nested in any order
+    assert set(strip_prefixes({"module._orig_mod.a": t, "_orig_mod._module.b": t})) == {"a", "b"}
+
+
+def test_unwrap_compile_and_data_parallel() -> None:
+    g = _global()
+    assert unwrap(torch.compile(g)) is g
+    assert unwrap(nn.DataParallel(g)) is g
+    assert unwrap(nn.DataParallel(torch.compile(g))) is g
+    layout = UpdateLayout.from_module(nn.DataParallel(g), include_buffers=True)
+    assert layout == UpdateLayout.from_module(g, include_buffers=True)
+    state = client_state_dict(nn.DataParallel(g), layout=layout, client=1)
+    assert set(layout.names) <= set(state)
+    prefixed = {f"module._orig_mod.{k}": v for k, v in g.state_dict().items()}
+    assert client_state_dict(prefixed, layout=layout).keys() == g.state_dict().keys()
 
 
 def test_self_reported_validation() -> None:
@@ -127,3 +144,38 @@ def test_self_reported_validation() -> None:
 
     fresh = self_reported_epsilon(PrivacyEngine(accountant="rdp"), 1e-5, client=1)
     assert fresh.epsilon == 0.0 and fresh.steps == 0
+
+
+def _claim(client: object, steps: int, *, z: float = 1.0, q: float = 0.25, delta: float = 1e-5) -> SelfReportedEpsilon:
+    from dp.accountants import make_accountant
+    from dp.events import GaussianEvent, PoissonSampledEvent
+
+    acct = make_accountant("rdp")
+    acct.compose(PoissonSampledEvent(q, GaussianEvent(z)), steps)
+    return SelfReportedEpsilon(str(client), acct.get_epsilon(delta), delta, "rdp", ((z, q, steps),))
+
+
+def test_self_reported_epsilons_compose_across_rounds() -> None:
+    r1, r2 = _claim(1, 10), _claim(1, 10)
+    one = compose_self_reported({}, [r1, _claim(2, 5)])
+    assert one["1"].rounds == 1 and one["1"].epsilon == pytest.approx(r1.epsilon, rel=1e-9)
+    two = compose_self_reported(one, [r2])
+    assert set(two) == {"1", "2"} and two["2"] == one["2"]  # no report: unchanged
+    c = two["1"]
+    assert isinstance(c, ClientDPSGD) and c.rounds == 2 and c.history == ((1.0, 0.25, 10), (1.0, 0.25, 10))
+    # two rounds of 10 steps are 20 steps: more than one round's claim, never the per-round figure
+    assert c.epsilon == pytest.approx(_claim(1, 20).epsilon, rel=1e-9) and c.epsilon > r2.epsilon
+    assert one["1"].rounds == 1  # the previous composition is not changed
+    d = c.to_dict()
+    assert d["verified"] is False and d["rounds"] == 2 and "2 round" in d["scope"]
+    # the smallest delta any report used (the figure is at that delta, hence larger)
+    tighter = compose_self_reported(two, [_claim(1, 10, delta=1e-7)])["1"]
+    assert tighter.delta == 1e-7 and tighter.epsilon > c.epsilon
+    with pytest.raises(SecAggValueError, match="twice"):
+        compose_self_reported({}, [r1, r2])
+    from secagg.errors import SecAggTypeError
+
+    with pytest.raises(SecAggTypeError):
+        compose_self_reported({}, [1.0])  # type: ignore[list-item]
+    noiseless = compose_self_reported({}, [SelfReportedEpsilon("3", math.inf, 1e-5, "rdp", ((0.0, 0.5, 1),))])
+    assert noiseless["3"].epsilon == math.inf and noiseless["3"].to_dict()["epsilon"] is None

@@ -1,6 +1,6 @@
 """secagg.rounds: the accounting and ledger record of a finished secure round, shared by the
 torch adapter and the Flower integration (budget first, then the tracker, then the ledger;
-a refused or invalid round leaves both unchanged)."""
+a refused or invalid round leaves both unchanged); the record names the round's spec."""
 
 from __future__ import annotations
 
@@ -28,15 +28,22 @@ from secagg.rounds import (
     PlainRound,
     account_round,
     check_budget,
-    cohort_floor,
     decode_weighted,
     encode_weighted,
-    fedavg_encoder,
     ledger_header,
     protocol_summary,
     round_privacy,
 )
-from secagg.simulate import make_config
+from secagg.spec import (
+    ArraySpec,
+    DPAggregation,
+    FedAvgAggregation,
+    IntegerSum,
+    build_spec,
+    cohort_floor,
+    fedavg_encoder,
+    make_config,
+)
 
 N = 8
 
@@ -294,3 +301,62 @@ def test_ledger_header_describes_the_run(tmp_path: Path) -> None:
         ledger_header(tracker, **common)
     with pytest.raises(SecAggValueError, match="delta"):
         ledger_header(tracker, plan=plan, extra={"delta": 0.5}, **common)
+
+
+# ----------------------------------------------------------------------------- a round described by its spec
+
+_LAYOUT = (ArraySpec("w", (4, 5), "float32"),)
+_MODEL = {"w": np.zeros((4, 5), np.float32)}
+
+
+def test_spec_round_record_names_the_spec(tmp_path: Path) -> None:
+    tracker = PrivacyTracker(1e-5)
+    ledger = _ledger(tmp_path, tracker)
+    head0 = ledger.head_for_clients()
+    spec = build_spec(N, _LAYOUT, DPAggregation(clip_norm=1.0, noise_multiplier=1.0, min_clients=5), round_index=3,
+                      model=_MODEL, ledger_head=head0, neighbors="all", dropout_fraction=0.25, rng=1)
+    acct = account_round(tracker, ledger, spec, survivors=6, dropped={"masked_input": [2, 7]},
+                         excluded={7: "masked_input: truncated masked input"}, sampling_rate=0.5)
+    assert spec.plan is not None and acct.noise == spec.plan.noise_report(6)
+    _, records = read_ledger(tmp_path / "l.jsonl")
+    rec = records[0]
+    assert rec["spec"] == spec.fingerprint and rec["model_digest"] == spec.model_digest
+    assert rec["round"] == 3 and rec["round_id"] == spec.round_id.hex() and rec["ledger_head_sent"] == head0
+    assert rec["layout"] == spec.layout_fingerprint and rec["protocol"] == protocol_summary(spec.protocol)
+    assert rec["excluded"] == {"7": "masked_input: truncated masked input"}
+    assert rec["epsilon"]["server"] == acct.privacy.server_epsilon  # type: ignore[union-attr]
+    assert verify_ledger(tmp_path / "l.jsonl", anchors=[head0]).ok
+
+
+def test_spec_round_without_dp_records_the_revealed_weight(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path, PrivacyTracker(1e-5))
+    spec = build_spec(5, _LAYOUT, FedAvgAggregation(bound=0.5, max_weight=16), model=_MODEL, neighbors="all", rng=2)
+    acct = account_round(None, ledger, spec, survivors=4, dropped={"masked_input": [2]}, total_weight=40)
+    assert acct.privacy is None and acct.record is not None
+    assert acct.record["total_weight"] == 40 and acct.record["clip_norm"] == 0.5
+    assert acct.record["mechanism"]["max_weight"] == 16 and acct.record["spec"] == spec.fingerprint
+    integer = build_spec(5, (ArraySpec("x", (3,), "int64"),), IntegerSum(16), neighbors="all", rng=3)
+    rec = account_round(None, None, integer, survivors=5, dropped={}, total_weight=5)
+    assert rec.record is None and rec.noise is None
+    assert integer.model_digest is None
+
+
+def test_spec_round_refuses_inconsistent_arguments(tmp_path: Path) -> None:
+    tracker = PrivacyTracker(1e-5)
+    ledger = _ledger(tmp_path, tracker)
+    fed = build_spec(5, _LAYOUT, FedAvgAggregation(), neighbors="all", rng=4)
+    dp_spec = build_spec(N, _LAYOUT, DPAggregation(clip_norm=1.0, noise_multiplier=1.0, min_clients=5),
+                         neighbors="all", dropout_fraction=0.25, rng=5)
+    with pytest.raises(SecAggValueError, match="total_weight"):
+        account_round(tracker, ledger, fed, survivors=4, dropped={})
+    with pytest.raises(SecAggValueError, match="total_weight"):
+        account_round(tracker, ledger, dp_spec, survivors=6, dropped={}, total_weight=60)
+    with pytest.raises(SecAggValueError, match="not both"):  # the spec already says all of this
+        account_round(tracker, ledger, dp_spec, survivors=6, dropped={}, round_index=0)
+    with pytest.raises(SecAggValueError):
+        account_round(tracker, ledger, dp_spec, survivors=N + 1, dropped={})
+    with pytest.raises(SecAggTypeError):
+        account_round(tracker, ledger, dp_spec.to_dict(), survivors=6, dropped={})  # type: ignore[arg-type]
+    with pytest.raises(SecAggTypeError):
+        account_round(tracker, ledger, dp_spec, survivors=6, dropped={}, excluded=[7])  # type: ignore[arg-type]
+    assert tracker.rounds == 0 and ledger.head_for_clients().startswith("1:")
