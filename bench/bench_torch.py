@@ -66,8 +66,8 @@ def test_flatten_memory_is_one_output_vector(update: tuple[UpdateLayout, dict[st
 
 
 @pytest.fixture(scope="module", params=["fedavg", "dp"])
-def client_1e6(request: Any) -> tuple[Any, UpdateLayout, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    from secagg.torch.adapter import DPAggregation, FedAvgAggregation, SecureClient, SecureServer
+def client_1e6(request: Any) -> tuple[Any, UpdateLayout, dict[str, torch.Tensor]]:
+    from secagg.torch import DPAggregation, FedAvgAggregation, SecureClient, SecureServer
 
     gen = torch.Generator().manual_seed(1)
     state = {f"lora.{i:02d}": torch.randn(16, 625, generator=gen) * 1e-3 for i in range(100)}  # 10**6 values
@@ -78,13 +78,13 @@ def client_1e6(request: Any) -> tuple[Any, UpdateLayout, dict[str, torch.Tensor]
         if request.param == "fedavg"
         else DPAggregation(clip_norm=1.0, noise_multiplier=1.0)
     )
-    cfg = SecureServer(layout, agg, rng=1).new_round(20)
-    return SecureClient(cfg, 1, layout, rng=2), layout, state, base
+    spec = SecureServer(layout, agg, rng=1).new_round(20, base)
+    return SecureClient(spec, 1, base, rng=2), layout, state
 
 
 def test_client_encode_1e6(benchmark: Any, client_1e6: Any) -> None:
     """The whole client-side encoding (flatten delta + DP pipeline or fixed point), for
     comparison with test_flatten_1e7 / 10: flattening is a small share of it."""
-    client, layout, state, base = client_1e6
-    ring = benchmark(client.encode, state, base=base, num_examples=10)
+    client, layout, state = client_1e6
+    ring = benchmark(client.encode, state, num_examples=10)
     assert ring.size >= layout.size
