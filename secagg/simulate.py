@@ -178,6 +178,7 @@ def simulate_round(  # noqa: PLR0917 - the contract's positional names
     corrupt_fraction: float = 0.0,
     require_connected: bool = True,
     rng: RngLike = None,
+    workers: int = 1,
 ) -> RoundResult:
     """Run one secure-aggregation round through real sessions and an in-memory network.
 
@@ -201,6 +202,10 @@ def simulate_round(  # noqa: PLR0917 - the contract's positional names
         corrupt_fraction: tolerated corrupt fraction for the automatic k.
         require_connected: abort when the survivors' graph is disconnected (default).
         rng: alternative to ``seed``: any :data:`secagg.rand.RngLike`.
+        workers: 1 (default) runs everything in this process; ``w > 1`` forks ``w``
+            worker processes (POSIX) that run the clients of each stage in parallel and
+            expand the server's unmasking masks over coordinate ranges
+            (:mod:`secagg._parallel`); client ``timings`` are then the workers' CPU seconds.
 
     Returns:
         A :class:`RoundResult`.
@@ -211,6 +216,7 @@ def simulate_round(  # noqa: PLR0917 - the contract's positional names
         SecAggValueError, SecAggTypeError: bad arguments.
         UnsafeParametersError: unsafe threshold or cohort floor.
     """
+    workers = _int("workers", workers, 1)
     if n is not None:
         n = _int("n", n, 1)
     if d is not None:
@@ -247,7 +253,7 @@ def simulate_round(  # noqa: PLR0917 - the contract's positional names
         require_connected=require_connected,
         rng=master,
     )
-    return _drive(cfg, params, get, drop, master)
+    return _drive(cfg, params, get, drop, master, workers=workers)
 
 
 def run_simulation(
@@ -305,18 +311,31 @@ def _drive(
     get: Callable[[int], object],
     drop: dict[str, frozenset[int]],
     master: RandomSource,
+    *,
+    workers: int = 1,
 ) -> RoundResult:
     n_, d_, bits = cfg.n, cfg.d, cfg.bits
     client_seeds = [master.bytes(32) for _ in range(n_)]
     masker = Masker(d_, bits)
     spent = [0.0]
-    endpoints = {cid: _SimClient(cid, client_seeds[cid - 1], get, masker, spent) for cid in range(1, n_ + 1)}
-    # time.perf_counter is looked up here, at call time, so a benchmark can swap the clock
-    transport = MemoryTransport(endpoints, silent={Stage(s): ids for s, ids in drop.items()}, clock=time.perf_counter)
+    silent = {Stage(s): ids for s, ids in drop.items()}
     spec = RoundSpec(cfg, "integer", (ArraySpec("input", (d_,), "uint64"),))
-    run = drive_round(cfg, transport, setup=spec.to_bytes(), masker=masker, timer=time.perf_counter)
+    if workers > 1:
+        from secagg._parallel import WorkerPool
+
+        def factory(cid: int) -> _SimClient:  # runs in the worker that owns client cid
+            return _SimClient(cid, client_seeds[cid - 1], get, Masker(d_, bits), spent)
+
+        with WorkerPool(factory, range(1, n_ + 1), workers=workers, d=d_, bits=bits, silent=silent) as pool:
+            run = drive_round(cfg, pool.transport, setup=spec.to_bytes(), masker=pool.masker, timer=time.perf_counter)
+            client_s = dict(pool.transport.client_seconds)
+    else:
+        endpoints = {cid: _SimClient(cid, client_seeds[cid - 1], get, masker, spent) for cid in range(1, n_ + 1)}
+        # time.perf_counter is looked up here, at call time, so a benchmark can swap the clock
+        transport = MemoryTransport(endpoints, silent=silent, clock=time.perf_counter)
+        run = drive_round(cfg, transport, setup=spec.to_bytes(), masker=masker, timer=time.perf_counter)
+        client_s = dict(transport.client_seconds)
     res = run.result
-    client_s = dict(transport.client_seconds)
     client_s[Stage.MASKED_INPUT.value] -= spent[0]  # producing an input is not protocol time
     timings = {s: {"client": client_s[s], "server": run.server_seconds[s]} for s in STAGES}
     timings["total"] = {r: sum(timings[s][r] for s in STAGES) for r in ("client", "server")}
