@@ -712,3 +712,21 @@ def test_opacus_epsilon_is_composed_across_rounds_beside_the_server_guarantee(tm
     assert [d["epsilon"] for d in records[1]["self_reported_round"]] == [per_round[c][1].epsilon for c in range(1, 6)]
     # beside the server-level guarantee, which comes from the distributed noise only
     assert last.privacy is not None and records[1]["epsilon"]["server"] == pytest.approx(last.privacy.server_epsilon)
+
+
+def test_frozen_parameters_and_buffers_outside_the_layout_are_not_unexpected() -> None:
+    torch.manual_seed(0)
+    g = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3))
+    g[0].requires_grad_(False)  # e.g. a frozen base under LoRA adapters
+    layout = UpdateLayout.from_module(g)
+    assert "0.weight" in layout.ignored and "1.running_mean" in layout.ignored
+
+    def train(client: int, model: nn.Module) -> int:
+        model(torch.randn(8, 5))  # BatchNorm's running statistics and counter move too
+        with torch.no_grad():
+            model.get_submodule("3").bias.add_(0.01 * client)
+        return 8 + client
+
+    server = SecureServer(layout, FedAvgAggregation(max_weight=64), neighbors="all", dropout_fraction=0.3, rng=50)
+    rep = run_round(g, [1, 2, 3], train, server=server, rng=51)
+    assert rep.rejected == {} and rep.update.survivors == (1, 2, 3)

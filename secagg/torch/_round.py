@@ -181,7 +181,7 @@ def run_round(
     with torch.no_grad():
         base = {k: v.detach().clone() for k, v in server.layout.extract(model, client="global").items()}
     spec = server.new_round(len(ids), base)
-    snapshot = _Snapshot(spec, base)
+    snapshot = _Snapshot(spec, model)  # the full state: names outside the layout are known, not unexpected
     tally = _Tally()
     endpoints = {
         pid: _TorchClient(pid, who[pid], model, snapshot, train_fn, src.bytes(32), tally) for pid in who
