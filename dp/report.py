@@ -13,7 +13,12 @@ The report does not trust the figures the training run wrote down.  It
    instance of every available accountant (:func:`dp.accountants.available_accountants`)
    and shows epsilon per round per accountant and adversary, as a table and a PNG plot;
    a backend that cannot handle an event is shown as ``n/a`` with the reason;
-5. warns about: a failed verification (figures then cover only the verified prefix), an
+5. optionally (``audit=``) shows an empirical privacy audit beside the ledger: the
+   empirical *lower* bound on epsilon measured with canaries and the accountant's *upper*
+   bound for the audited rounds, against the adversary the audit names (see
+   :mod:`dp.audit`; :meth:`secagg.audit.CanaryAudit.to_dict` produces the mapping); a lower
+   bound above the upper bound is a warning, as is every failure below;
+6. warns about: a failed verification (figures then cover only the verified prefix), an
    unanchored tail, an exceeded budget, delta larger than 1/population, rounds whose
    survivors fell below the planned count or the cohort floor, recorded figures that
    disagree with the replay, and self-reported client epsilons (unverifiable claims,
@@ -30,14 +35,14 @@ import html
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from dp.errors import DPValueError, LedgerError
 from dp.ledger import LedgerHead, PublicKeyLike, SignedHead, read_ledger, verify_ledger
 
-__all__ = ["REPORT_FORMATS", "build_report", "save_report", "write_report"]
+__all__ = ["AUDIT_FIELDS", "REPORT_FORMATS", "build_report", "save_report", "write_report"]
 
 #: Output formats of :func:`write_report`.
 REPORT_FORMATS = ("html", "md", "json")
@@ -48,6 +53,8 @@ _ADV_LABEL = {
     "server": "server (no amplification; guaranteed noise only)",
 }
 _HIDDEN_HEADER_KEYS = ("prev", "sig", "type")
+#: Fields an ``audit`` mapping must have (:func:`build_report`); others are shown as given.
+AUDIT_FIELDS = ("epsilon_lower", "epsilon_upper", "delta", "confidence", "adversary")
 
 Figure = float | str | None  # a number, "inf" (unbounded), or None (n/a)
 
@@ -127,6 +134,92 @@ def _replay(
 
 
 # --------------------------------------------------------------------------------------------
+# empirical audit (optional section)
+# --------------------------------------------------------------------------------------------
+def _check_audit(audit: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON-ready copy of an audit mapping, its key figures checked."""
+    if not isinstance(audit, Mapping):
+        raise DPValueError(f"audit must be a mapping (e.g. CanaryAudit.to_dict()), got {type(audit).__name__}")
+    missing = [k for k in AUDIT_FIELDS if k not in audit]
+    if missing:
+        raise DPValueError(f"audit lacks {missing}; it needs {list(AUDIT_FIELDS)}")
+    doc = {str(k): v for k, v in audit.items()}
+    for key in ("epsilon_lower", "epsilon_upper"):
+        v = doc[key]
+        if v == "inf":
+            v = math.inf
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
+            raise DPValueError(f"audit {key} must be a number >= 0 (or 'inf'), got {doc[key]!r}")
+        doc[key] = _fig(v)
+    for key in ("delta", "confidence"):
+        v = doc[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
+            raise DPValueError(f"audit {key} must be a number in [0, 1), got {v!r}")
+    if not isinstance(doc["adversary"], str) or not doc["adversary"]:
+        raise DPValueError("audit adversary must name whom the figures are against")
+    try:
+        json.dumps(doc, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise DPValueError(f"audit must be JSON-ready: {exc}") from exc
+    return doc
+
+
+def _audit_failed(doc: Mapping[str, Any]) -> bool:
+    lower, upper = _num(doc["epsilon_lower"]), _num(doc["epsilon_upper"])
+    return lower is not None and upper is not None and lower > upper
+
+
+def _audit_warnings(doc: Mapping[str, Any]) -> list[str]:
+    if not _audit_failed(doc):
+        return []
+    return [
+        f"EMPIRICAL AUDIT FAILED: the measured lower bound epsilon >= {_fmt_down(doc['epsilon_lower'])} exceeds the "
+        f"accountant's epsilon {_fmt(doc['epsilon_upper'])} for the audited rounds (against {doc['adversary']}; "
+        f"confidence {float(doc['confidence']):g}): the mechanism leaks more than its accounting says"
+    ]
+
+
+def _fmt_down(f: Figure) -> str:
+    """A lower bound to 4 significant digits, rounded down (never shown larger than measured)."""
+    v = _num(f)
+    if v is None or v == 0.0 or not math.isfinite(v):
+        return _fmt(f)
+    exp = math.floor(math.log10(abs(v))) - 3
+    r = math.floor(v / 10.0**exp)
+    while r * 10.0**exp > v:
+        r -= 1
+    return f"{r * 10.0**exp:.4g}"
+
+
+def _fmt_up(f: Figure) -> str:
+    """An upper bound to 4 significant digits, rounded up (never shown smaller than computed)."""
+    v = _num(f)
+    if v is None or v == 0.0 or not math.isfinite(v):
+        return _fmt(f)
+    exp = math.floor(math.log10(abs(v))) - 3
+    r = math.ceil(v / 10.0**exp)
+    while r * 10.0**exp < v:
+        r += 1
+    return f"{r * 10.0**exp:.4g}"
+
+
+_AUDIT_SHOWN = ("epsilon_lower", "epsilon_upper", "delta", "confidence", "adversary")
+
+
+def _audit_rows(doc: Mapping[str, Any]) -> tuple[str, list[list[str]]]:
+    """(status line, rows of the other fields) of the audit section."""
+    status = (
+        f"{'FAILED' if _audit_failed(doc) else 'Passed'}: empirical lower bound epsilon >= "
+        f"{_fmt_down(doc['epsilon_lower'])} (confidence {float(doc['confidence']):g}) beside the accountant's "
+        f"epsilon <= {_fmt_up(doc['epsilon_upper'])} for the audited rounds, delta {float(doc['delta']):g}; "
+        f"against {doc['adversary']}. A lower bound far below the upper bound is expected from one run "
+        "(see docs/audit.md); only a lower bound above it is a finding."
+    )
+    rows = [[k, json.dumps(v, sort_keys=True)] for k, v in doc.items() if k not in _AUDIT_SHOWN]
+    return status, rows
+
+
+# --------------------------------------------------------------------------------------------
 # report data
 # --------------------------------------------------------------------------------------------
 def build_report(
@@ -137,15 +230,21 @@ def build_report(
     signed_head: SignedHead | str | os.PathLike[str] | None = None,
     anchors: Iterable[LedgerHead | str] = (),
     accountants: Iterable[str] | None = None,
+    audit: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Verify and replay a ledger; return the report as a JSON-ready dict (no files written).
 
     ``accountants`` restricts the replay (default: every available accountant).  Keys:
-    ``ledger``, ``verification``, ``parameters``, ``rounds``, ``replay``, ``warnings``.
+    ``ledger``, ``verification``, ``parameters``, ``rounds``, ``replay``, ``warnings``, and
+    ``audit`` when an empirical audit is given: a mapping with at least
+    :data:`AUDIT_FIELDS` (e.g. :meth:`secagg.audit.CanaryAudit.to_dict`), shown as its own
+    section; the ledger format is untouched.
 
     Raises:
         LedgerError: the ledger or a key cannot be read, or an anchor is malformed.
+        DPValueError: ``audit`` lacks a field of :data:`AUDIT_FIELDS` or holds a bad figure.
     """
+    audit_doc = None if audit is None else _check_audit(audit)
     res = verify_ledger(ledger_path, expect_head, pubkey, signed_head=signed_head, anchors=anchors)
     warnings: list[str] = []
     verification = {**res.to_dict(), "summary": res.summary()}
@@ -168,6 +267,9 @@ def build_report(
             "The ledger's tail is not anchored: removal of trailing rounds would go undetected. "
             f"Compare the head {res.head} with one kept elsewhere (or by clients)."
         )
+    if audit_doc is not None:
+        report["audit"] = audit_doc
+        warnings.extend(_audit_warnings(audit_doc))
     try:
         header, records = read_ledger(ledger_path, strict=False)
     except LedgerError:
@@ -402,6 +504,9 @@ def _render_md(report: dict[str, Any], plot: str | None) -> str:
         out.append("No accountant available for the replay.")
     if plot:
         out += ["", f"![epsilon per round, both adversaries, every accountant]({plot})"]
+    if report.get("audit") is not None:
+        status, rows = _audit_rows(report["audit"])
+        out += ["", "## Empirical privacy audit", "", _md_cell(status), "", *_md_table(["field", "value"], rows)]
     return "\n".join(out) + "\n"
 
 
@@ -446,6 +551,11 @@ def _render_html(report: dict[str, Any], png: bytes | None) -> str:
     if png is not None:
         b64 = base64.b64encode(png).decode("ascii")
         parts.append(f'<p><img alt="epsilon per round" src="data:image/png;base64,{b64}"></p>')
+    if report.get("audit") is not None:
+        status, rows = _audit_rows(report["audit"])
+        cls = "bad" if _audit_failed(report["audit"]) else "ok"
+        parts += ["<h2>Empirical privacy audit</h2>", f'<p class="{cls}">{e(status)}</p>',
+                  _html_table(["field", "value"], rows)]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -501,11 +611,13 @@ def write_report(
     signed_head: SignedHead | str | os.PathLike[str] | None = None,
     anchors: Iterable[LedgerHead | str] = (),
     accountants: Iterable[str] | None = None,
+    audit: Mapping[str, Any] | None = None,
 ) -> Path:
     """Verify and replay ``ledger_path`` and write ``report.<fmt>`` and ``epsilon.png`` into ``out_dir``.
 
     Same as :func:`build_report` followed by :func:`save_report`; returns the report's
     path.  A ledger failing verification still gets a report, led by the failure.
+    ``audit``: an empirical audit to show as a section (see :func:`build_report`).
 
     Raises:
         DPValueError: unknown ``fmt`` (checked before anything is read or written).
@@ -515,6 +627,7 @@ def write_report(
     if fmt not in REPORT_FORMATS:
         raise DPValueError(f"fmt must be one of {REPORT_FORMATS}, got {fmt!r}")
     report = build_report(
-        ledger_path, expect_head, pubkey, signed_head=signed_head, anchors=anchors, accountants=accountants
+        ledger_path, expect_head, pubkey, signed_head=signed_head, anchors=anchors, accountants=accountants,
+        audit=audit,
     )
     return save_report(report, out_dir, fmt)

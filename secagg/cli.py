@@ -52,6 +52,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("verify", "secagg.commands.verify", "verify a privacy ledger's hash chain and signatures"),
     ("report", "secagg.commands.report", "write an auditor's privacy report from a ledger"),
     ("bench", "secagg.commands.bench", "benchmark aggregation overhead against baselines"),
+    ("audit", "secagg.commands.audit", "empirical epsilon lower bound from canaries beside the stated upper bound"),
 )
 
 MIN_CLIENTS = 3
