@@ -5,7 +5,6 @@ session persistence, the wire forms, accounting and the ledger."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -330,8 +329,8 @@ def test_a_truncated_masked_input_excludes_that_node_and_the_others_complete(tmp
         scale = FixedPointEncoder.fit(5, 32, 0.5, weights=[100] * 5).scale
         assert np.max(np.abs(res.update["x"].numpy() - want)) <= 1.0 / scale
     (rec,) = read_ledger(tmp_path / "l.jsonl")[1]
-    assert rec["excluded_nodes"] == {str(bad): res.excluded[bad]} and rec["survivors"] == 4
-    assert rec["spec_fingerprint"] == res.fingerprint
+    assert rec["excluded"] == {str(bad): res.excluded[bad]} and rec["survivors"] == 4
+    assert rec["spec"] == res.fingerprint and all(v == [] for v in rec["dropped_nodes"].values())
 
 
 def test_train_fn_errors_make_the_node_silent() -> None:

@@ -46,7 +46,7 @@ from secagg.flower.results import SecureRoundAbort, SecureRoundResult, StageRepo
 from secagg.flower.transport import FlowerTransport
 from secagg.messages import Stage
 from secagg.rand import RngLike, as_random_source
-from secagg.rounds import PlainRound, RoundAccount, account_round, check_budget, ledger_header, protocol_summary
+from secagg.rounds import RoundAccount, account_round, check_budget, ledger_header, protocol_summary
 from secagg.spec import ArraySpec, RoundSpec, build_spec, layout_of
 
 __all__ = ["SecAggServer"]
@@ -320,31 +320,20 @@ class SecAggServer:
         excluded: Mapping[int, str],
         weight: int,
     ) -> RoundAccount:
-        """Feed the tracker (dp), then append the ledger record (:func:`secagg.rounds.account_round`)."""
-        cfg = self._cfg
-        plain = None
-        if spec.mode == "fedavg":
-            plain = PlainRound("fedavg", cfg.bound, weight, spec.max_weight)
-        elif spec.mode == "integer":
-            plain = PlainRound("integer", float(2**spec.bits - 1), weight)
+        """Feed the tracker (dp), then append the ledger record (:func:`secagg.rounds.account_round`;
+        the record names the spec by fingerprint and model digest, clients by node id)."""
         return account_round(
             self._tracker,
             self._ledger,
-            round_index=spec.round_index,
-            protocol=spec.protocol,
+            spec,
             survivors=len(survivors),
             dropped=dropped,
-            layout=spec.layout_fingerprint,
-            ledger_head_sent=spec.ledger_head,
-            plan=spec.plan,
-            sampling_rate=cfg.sampling_rate,
-            plain=plain,
+            total_weight=None if spec.mode == "dp" else weight,
+            excluded=excluded,
+            sampling_rate=self._cfg.sampling_rate,
             extra={
                 "dropped_nodes": {k: [int(x) for x in v] for k, v in dropped.items()},
-                "excluded_nodes": {str(k): v for k, v in excluded.items()},
                 "survivor_nodes": [int(x) for x in survivors],
-                "spec_fingerprint": spec.fingerprint,
-                "model_digest": spec.model_digest,
                 "transport": "flower",
             },
         )
