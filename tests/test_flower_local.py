@@ -443,6 +443,25 @@ def test_a_replayed_first_message_is_refused_and_the_session_kept() -> None:
     assert "secagg.session" not in grid.context(node).state
 
 
+def test_a_journal_refuses_a_round_replayed_in_another_run(tmp_path: Any) -> None:
+    from secagg.flower import SecAggClient
+
+    journal = tmp_path / "joined.txt"
+    spec = SecAggServer(SecAggConfig(mode="integer", neighbors="all")).plan_round(3, {"x": np.zeros(4, np.int64)})
+    replies = []
+    for _run in range(2):  # Flower keeps one context per run: the second run starts from an empty state
+        app = ClientApp()
+        app.train("secagg")(SecAggClient(lambda a, c, ctx: (a, 1), journal=journal))
+        grid = LocalGrid(app, 3)
+        (reply,) = grid.pull_messages(list(grid.push_messages([_first_request(grid, grid.node_ids[0], spec)])))
+        replies.append(reply)
+    assert not replies[0].has_error()
+    assert replies[1].has_error() and "already joined" in replies[1].error.reason
+    assert journal.read_text().split() == [spec.round_id.hex()]
+    with pytest.raises(SecAggTypeError):
+        SecAggClient(lambda a, c, ctx: (a, 1), journal=3)  # type: ignore[arg-type]
+
+
 def test_a_node_sent_another_model_than_the_spec_names_refuses_to_train() -> None:
     trained: list[int] = []
     inner = _app("fedavg")

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -204,9 +205,20 @@ class SecAggClient:
         policy: the :class:`ClientPolicy` (default: every mode, no noise floor).
         rng: randomness for keys, shares, nonces, rounding and DP noise (default: a
             fresh CSPRNG per message; never a guessable seed in production).
+        journal: optional path of a file where this node appends every round id it joins
+            (one hex id a line).  ``context.state`` already refuses a replay within a
+            Flower run; Flower keeps one context per run, so give a journal to refuse a
+            round replayed in another run too.
     """
 
-    def __init__(self, train_fn: FlowerTrainFn, *, policy: ClientPolicy | None = None, rng: RngLike = None) -> None:
+    def __init__(
+        self,
+        train_fn: FlowerTrainFn,
+        *,
+        policy: ClientPolicy | None = None,
+        rng: RngLike = None,
+        journal: str | os.PathLike[str] | None = None,
+    ) -> None:
         if not callable(train_fn):
             raise SecAggTypeError("train_fn must be callable")
         self._train = train_fn
@@ -214,6 +226,9 @@ class SecAggClient:
         if not isinstance(self._policy, ClientPolicy):
             raise SecAggTypeError("policy must be a ClientPolicy")
         self._rng = rng
+        if journal is not None and not isinstance(journal, (str, os.PathLike)):
+            raise SecAggTypeError("journal must be a path or None")
+        self._journal = None if journal is None else os.fspath(journal)
 
     def __call__(self, message: Any, context: Any) -> Any:
         """Answer one secagg message (an error reply when this client refuses or fails)."""
@@ -275,6 +290,25 @@ class SecAggClient:
             got = [*got, value][-kept:]
         context.state[key] = ConfigRecord({"values": got})
 
+    def _journaled(self, rid: str) -> bool:
+        if self._journal is None:
+            return False
+        try:
+            with open(self._journal, encoding="ascii") as fh:
+                return any(line.strip() == rid for line in fh)
+        except FileNotFoundError:
+            return False
+
+    def _journal_append(self, rid: str) -> None:
+        if self._journal is None:
+            return
+        fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (rid + "\n").encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def _load(self, context: Any, rid: str) -> tuple[ClientSession, RoundSpec, bytes]:
         rec = context.state.config_records.get(STATE_KEY) if STATE_KEY in context.state else None
         if rec is None or rec.get("round") != rid:
@@ -289,7 +323,7 @@ class SecAggClient:
 
     def _join(self, rid: str, cid: int, payload: bytes, context: Any) -> bytes:
         """The first stage: read the spec, refuse a replay, start a session."""
-        if rid in _kept(context, JOINED_KEY):
+        if rid in _kept(context, JOINED_KEY) or self._journaled(rid):
             raise ReplayedRound(f"this node already joined round {rid[:16]}; refusing to join it again", client=0,
                                 stage=Stage.ADVERTISE_KEYS.value)  # fmt: skip
         spec = RoundSpec.from_bytes(payload)
@@ -300,6 +334,7 @@ class SecAggClient:
         session = ClientSession(spec.protocol, cid, self._rng)
         out = session.start().encode()
         self._remember(context, JOINED_KEY, rid, KEPT_ROUNDS)  # joined: never again, whatever happens next
+        self._journal_append(rid)
         self._save(context, session, spec.to_bytes(), rid)
         if spec.ledger_head is not None:
             self._remember(context, HEADS_KEY, spec.ledger_head, KEPT_HEADS)
@@ -360,10 +395,15 @@ def _is_dp_error(exc: BaseException) -> bool:
 
 
 def register(
-    app: Any, train_fn: FlowerTrainFn, *, policy: ClientPolicy | None = None, rng: RngLike = None
+    app: Any,
+    train_fn: FlowerTrainFn,
+    *,
+    policy: ClientPolicy | None = None,
+    rng: RngLike = None,
+    journal: str | os.PathLike[str] | None = None,
 ) -> SecAggClient:
     """Register a :class:`SecAggClient` on ``app`` (a :class:`flwr.clientapp.ClientApp`)
     for ``"train.secagg"`` messages; return the handler."""
-    handler = SecAggClient(train_fn, policy=policy, rng=rng)
+    handler = SecAggClient(train_fn, policy=policy, rng=rng, journal=journal)
     app.train("secagg")(handler)
     return handler
