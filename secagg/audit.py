@@ -39,7 +39,8 @@ the experiment keeps the canary's own share in the sum under both hypotheses, wh
 only make the true epsilon slightly smaller than that figure.
 
 ``noise=False`` is a **deliberately broken mechanism** for testing the auditor: the
-clients encode with noise multiplier ``1e-9`` (every share rounds to zero) while the
+clients encode with noise multiplier ``1e-4`` (:data:`BROKEN_NOISE_MULTIPLIER`: discrete
+Gaussian shares are then zero, Skellam shares almost all zero) while the
 accountant is still asked about the configured ``noise_multiplier``, as a buggy
 implementation that forgot the noise would claim.  The audit must catch it.
 
@@ -75,7 +76,9 @@ __all__ = [
 #: How the encoded vectors are summed: a full simulated protocol round, or directly mod 2^bits.
 AGGREGATIONS: tuple[str, ...] = ("protocol", "direct")
 #: Noise multiplier the deliberately broken mechanism (``noise=False``) encodes with.
-BROKEN_NOISE_MULTIPLIER = 1e-9
+#: 1e-4 keeps a Skellam share's mu inside the sampler's range at any cohort size; the noise is
+#: 10^4 times below the claim, so the mechanism is in effect noiseless.
+BROKEN_NOISE_MULTIPLIER = 1e-4
 #: The adversary of both figures of a :class:`CanaryAudit`.
 SERVER_ADVERSARY = (
     "server: the aggregation server with its colluding clients; it sees every round's unmasked aggregate, "
@@ -322,6 +325,7 @@ def run_canary_audit(
         scores += residual[coords]
         tracker.record_round(round_privacy(claimed_plan.noise_report(n)))
 
+    assert spec is not None and spec.plan is not None  # rounds >= 1
     figures = tracker.current()
     one = audit_scores(scores, inserted, delta=delta, confidence=confidence, guess_counts=guess_counts)
     return CanaryAudit(
@@ -344,8 +348,8 @@ def run_canary_audit(
         noise_multiplier=z,
         mechanism=mechanism,
         colluders=c,
-        bits=claimed_plan.bits if spec is None else spec.bits,
-        scale=claimed_plan.scale,
+        bits=spec.bits,
+        scale=spec.plan.scale,
         accountant=accountant,
         noise=noise,
         aggregation=aggregation,

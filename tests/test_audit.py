@@ -311,6 +311,21 @@ def test_audit_command_json(cli: Callable[..., _Run]) -> None:
     assert doc["adversary"] == SERVER_ADVERSARY
 
 
+def test_audit_command_writes_the_report_with_the_audit(cli: Callable[..., _Run], tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path / "run.jsonl")
+    out = cli("audit", "--canaries", "50", "--direct-sum", "--seed", "2", "--ledger", str(ledger),
+              "--report-dir", str(tmp_path / "rep"), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert doc["audit"]["passed"] is True and doc["audit"]["adversary"] == SERVER_ADVERSARY
+
+
+def test_skellam_audit_passes_and_catches_the_broken_mechanism() -> None:
+    ok = run_canary_audit(100, mechanism="skellam", noise_multiplier=3.0, aggregation="direct", seed=3)
+    bad = run_canary_audit(100, mechanism="skellam", noise_multiplier=3.0, aggregation="direct", seed=3, noise=False)
+    assert ok.passed and not bad.passed and ok.mechanism == "skellam"
+
+
 @pytest.mark.parametrize("args", [
     ("--canaries", "1"), ("--canaries", "20", "--clients", "10"), ("--canaries", "20", "--dim", "8"),
     ("--delta", "0"), ("--confidence", "1"), ("--noise-multiplier", "-1"), ("--ledger", "x.jsonl"),
