@@ -59,6 +59,8 @@ BLAS_THREAD_VARIABLES: tuple[str, ...] = (
     "NUMEXPR_NUM_THREADS",
 )
 _MIN_PARALLEL_BYTES = 1 << 22  # ParallelMasker: below 4 MiB of keystream, expand in the caller
+_SLOTS = 2  # shared reply slots per worker (a worker masks the next input while the driver adds one)
+_SLOT_MIN_BYTES = 1 << 20  # replies from 1 MiB up go through a slot, smaller ones through the pipe
 
 
 def pin_blas_threads() -> None:
@@ -91,6 +93,8 @@ def _worker_main(  # noqa: PLR0917 - a Process target takes positional arguments
     conn: Connection,
     factory: Callable[[int], Endpoint],
     shared: mmap.mmap,
+    slots: mmap.mmap,
+    slot_bytes: int,
     d: int,
     bits: int,
     drops_on: tuple[type[BaseException], ...],
@@ -101,10 +105,33 @@ def _worker_main(  # noqa: PLR0917 - a Process target takes positional arguments
     gone: set[int] = set()
     masker: Masker | None = None
     words = np.frombuffer(shared, dtype=ring_dtype(bits), count=d) if d else None
+    slot_mv = memoryview(slots)
+    free = list(range(_SLOTS))
+
+    def put(cid: int, reply: bytes | bytearray | memoryview) -> None:
+        """Hand a reply to the driver: large ones through a free shared slot (one copy,
+        read in place by the driver), small ones through the pipe."""
+        size = memoryview(reply).nbytes
+        if size < _SLOT_MIN_BYTES or size > slot_bytes:
+            conn.send(("reply", cid))
+            conn.send_bytes(reply)
+            return
+        while not free:  # wait until the driver is done with one
+            msg = conn.recv()
+            assert msg[0] == "free"
+            free.append(int(msg[1]))
+        slot = free.pop()
+        slot_mv[slot * slot_bytes : slot * slot_bytes + size] = memoryview(reply).cast("B")
+        conn.send(("slot", cid, slot, size))
+
     while True:
         cmd = conn.recv()
         op = cmd[0]
+        if op == "free":
+            free.append(int(cmd[1]))
+            continue
         if op == "stop":
+            slot_mv.release()
             conn.close()
             return
         c0 = time.process_time()
@@ -132,8 +159,7 @@ def _worker_main(  # noqa: PLR0917 - a Process target takes positional arguments
                 conn.send(("failed", cid, f"{stage.value}: {type(exc).__name__}: {exc}"))
                 continue
             if want_reply and reply is not None:
-                conn.send(("reply", cid))
-                conn.send_bytes(reply)
+                put(cid, reply)
         conn.send(("done", time.process_time() - c0))
 
 
@@ -181,6 +207,10 @@ class WorkerPool:
         self._owner = {cid: i % self.workers for i, cid in enumerate(order)}
         item = np.dtype(ring_dtype(bits)).itemsize
         self._shared = mmap.mmap(-1, max(1, d * item))  # anonymous MAP_SHARED: inherited by fork
+        # Reply slots: a masked input (d words and its header) is written once by the worker
+        # and read in place by the driver, instead of crossing a pipe twice.
+        self._slot_bytes = d * item + 4096 if d * item >= _SLOT_MIN_BYTES else 0
+        self._slots = [mmap.mmap(-1, max(1, _SLOTS * self._slot_bytes)) for _ in range(self.workers)]
         ctx = multiprocessing.get_context("fork")
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
@@ -190,7 +220,7 @@ class WorkerPool:
                 here, there = ctx.Pipe()
                 proc = ctx.Process(
                     target=_worker_main,
-                    args=(w, there, factory, self._shared, d, bits, drops_on),
+                    args=(w, there, factory, self._shared, self._slots[w], self._slot_bytes, d, bits, drops_on),
                     name=f"secagg-worker-{w}",
                     daemon=True,
                 )
@@ -223,8 +253,16 @@ class WorkerPool:
         for conn in self._conns:
             conn.close()
         self._conns, self._procs = [], []
+        for buf in (self._shared, *self._slots):
+            with contextlib.suppress(BufferError):  # a caller still holds a view: left to the GC
+                buf.close()
 
     # -- used by the transport and the masker
+
+    def _release(self, worker: int, msg: tuple[Any, ...]) -> None:
+        """Give a reply slot back to its worker (after the driver consumed the reply)."""
+        if msg[0] == "slot":
+            self._conns[worker].send(("free", int(msg[2])))
 
     def _owner_of(self, cid: int) -> int | None:
         return self._owner.get(cid)
@@ -232,10 +270,11 @@ class WorkerPool:
     def _send(self, worker: int, cmd: tuple[Any, ...]) -> None:
         self._conns[worker].send(cmd)
 
-    def _events(self, busy: set[int]) -> Iterator[tuple[int, tuple[Any, ...], bytes | None]]:
+    def _events(self, busy: set[int]) -> Iterator[tuple[int, tuple[Any, ...], bytes | memoryview | None]]:
         """Messages from the ``busy`` workers until each has sent ``done``:
         ``(worker, message, payload or None)``; ``done`` messages update
-        :attr:`worker_cpu` and are yielded too."""
+        :attr:`worker_cpu` and are yielded too.  A ``slot`` payload is a view of the
+        worker's shared slot, valid until :meth:`_release` gives the slot back."""
         index = {id(self._conns[w]): w for w in busy}
         left = set(busy)
         while left:
@@ -245,7 +284,12 @@ class WorkerPool:
                     msg = cast(Connection, conn).recv()
                 except EOFError as exc:
                     raise RemoteProtocolError(f"worker {w} exited during a stage") from exc
-                payload = cast(Connection, conn).recv_bytes() if msg[0] == "reply" else None
+                payload: bytes | memoryview | None = None
+                if msg[0] == "reply":
+                    payload = cast(Connection, conn).recv_bytes()
+                elif msg[0] == "slot":
+                    at = int(msg[2]) * self._slot_bytes
+                    payload = memoryview(self._slots[w])[at : at + int(msg[3])]
                 if msg[0] == "done":
                     self.worker_cpu[w] += float(msg[1])
                     left.discard(w)
@@ -255,7 +299,10 @@ class WorkerPool:
 class ParallelTransport:
     """A :class:`secagg.transport.Transport` over a :class:`WorkerPool`'s clients.
 
-    Replies arrive in the order the workers produce them (not by id).  Client failures
+    Replies arrive in the order the workers produce them (not by id).  A reply of 1 MiB
+    or more (a masked input) is a read-only view of the worker's shared reply slot, valid
+    until the driver asks for the next reply (the server session adds a masked input into
+    its running sum and keeps no reference to it).  Client failures
     (``drops_on``) are recorded in :attr:`failures` and the client goes silent, as with
     :class:`~secagg.transport.MemoryTransport`.
 
@@ -290,18 +337,25 @@ class ParallelTransport:
 
     def _collect(self, stage: Stage, busy: set[int]) -> Iterator[Incoming]:
         events = self._pool._events(busy)
+        held: tuple[int, tuple[Any, ...]] | None = None
         try:
-            for _, msg, payload in events:
-                if msg[0] == "reply":
+            for w, msg, payload in events:
+                if msg[0] in ("reply", "slot"):
                     assert payload is not None
+                    held = (w, msg)
                     yield Incoming(int(msg[1]), payload)
+                    held = None
+                    self._pool._release(w, msg)  # the driver has handed it to the server
                 elif msg[0] == "failed":
                     self.failures[int(msg[1])] = str(msg[2])
                     self._gone.add(int(msg[1]))
                 else:
                     self.client_seconds[stage.value] += float(msg[1])
         finally:
-            for _, msg, _ in events:  # the caller stopped early: drain this stage's replies
+            if held is not None:
+                self._pool._release(*held)
+            for w, msg, _ in events:  # the caller stopped early: drain this stage's replies
+                self._pool._release(w, msg)
                 if msg[0] == "failed":
                     self.failures[int(msg[1])] = str(msg[2])
                     self._gone.add(int(msg[1]))

@@ -325,3 +325,36 @@ def test_bench_command_writes_files_and_says_when_flower_is_absent(
         (row,) = list(csv.DictReader(fh))
     assert row["status"] == "ok" and row["correct"] == "True" and row["flower_status"] == "not run"
     assert json.loads((out / "results.json").read_text())["command"].startswith("secagg bench")
+
+
+def test_limits_small_run_renders_and_checks_targets() -> None:
+    """The --limits measurement at toy sizes: sums correct, tables and targets rendered
+    (speed is reported by the benchmark, never asserted here)."""
+    from secagg.benchmarks._limits_report import limits_markdown, run_limits
+
+    lim = run_limits(n=20, d=20_000, k=6, stream_dims=(50_000,), stream_clients=4, repeats=1)
+    assert lim["breakdown"]["mask_bytes"] > 0 and lim["breakdown"]["total_cpu_s"] > 0
+    assert all(r["correct"] for r in lim["cores"]) and [r["workers"] for r in lim["cores"]] == [1, 2]
+    (s,) = lim["streamed"]
+    assert s["correct"] and s["server_peak_updates"] < 3 and s["client_peak_updates"] < 3
+    md = limits_markdown(lim)
+    assert "where the time goes" in md and "speedup (CPU path)" in md
+    names = {t.name: t for t in check_targets([], limits=lim)}
+    assert names["per-core speedup"].value is not None and names["streamed round"].value is not None
+
+
+def test_cost_model_recovers_its_own_coefficients() -> None:
+    from secagg.benchmarks._costmodel import _design, fit_cost_model, predict
+
+    true_c, true_s = (2e-4, 1e-9, 1e-3), (1e-3, 2e-5, 1e-9)
+    rows = []
+    for n, k, t in ((50, 22, 12), (200, 30, 16), (1000, 36, 19), (2000, 38, 20)):
+        for d in (1000, 100_000):
+            c, s = _design(n, d, k, t, n // 10)
+            rows.append({"n": n, "d": d, "k": k, "t": t, "dropped": n // 10,
+                         "client_per_client_s": float(np.dot(true_c, c)), "server_s": float(np.dot(true_s, s))})
+    m = fit_cost_model(rows)
+    assert m.client_per_neighbour == pytest.approx(2e-4, rel=1e-3)
+    assert m.server_per_mask_word == pytest.approx(1e-9, rel=1e-3)
+    p = predict(m, 10**6, 10**6)
+    assert p["k"] > 40 and p["server_s"] > 0

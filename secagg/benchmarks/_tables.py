@@ -140,6 +140,14 @@ def markdown_report(
     if privacy:
         sections.append(("privacy", "Privacy-utility (MSE per coordinate of the sum; central Gaussian at the same "
                                     "epsilon)", privacy_table(privacy)))
+    if meta.get("limits"):
+        from secagg.benchmarks._limits_report import limits_markdown
+
+        sections.append(("limits", "At the limit: keystream bound, cores, streaming", limits_markdown(meta["limits"])))
+    if meta.get("scale"):
+        from secagg.benchmarks._limits_report import scale_markdown
+
+        sections.append(("scale", "Scale: cost model measured vs predicted", scale_markdown(meta["scale"])))
     for key, title, table in sections:
         parts += ["", f"## {title}", "", f"<!-- begin:{key} -->", table, f"<!-- end:{key} -->"]
     return "\n".join(parts) + "\n"

@@ -89,6 +89,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     r.add_argument("--repeat", type=int, default=1, metavar="R",
                    help="run each round (ours and Flower's, alternately) R times and keep the fastest (default 1)")
+    r.add_argument("--limits", action="store_true",
+                   help="also measure the round at the limit: where the time goes against the keystream bound "
+                   "(n=100, d=1e6, k=20, 10%% dropout), speedup per core count (worker processes) and streamed "
+                   "rounds at d=1e7 and 1e8 (peak memory in updates)")
+    r.add_argument("--scale", action="store_true",
+                   help="also fit a cost model on measured rounds up to n=2000 and print and plot measured vs "
+                   "predicted per-client and server time up to n=1e6")
+    r.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="W",
+                   help="worker counts of the per-core speedup (--limits; default 1 2)")
     r.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                    help="cpu: CPU time of the benchmark process (default; robust on a shared machine); "
                    "wall: wall clock")
@@ -119,7 +128,9 @@ def _command(args: argparse.Namespace) -> str:
         for n, d, f, g, b in args.also:
             parts.append(f"--also {n},{d},{f:g},{g}" + ("" if b == 32 else f",{b}"))
     parts.append(f"--out {args.out}")
-    for flag in ("no_flower", "in_process", "no_plots", "no_privacy"):
+    if args.limits and args.workers != [1, 2]:
+        parts.append(f"--workers {nums(args.workers)}")
+    for flag in ("limits", "scale", "no_flower", "in_process", "no_plots", "no_privacy"):
         if getattr(args, flag):
             parts.append("--" + flag.replace("_", "-"))
     if not args.no_privacy and not args.quick:
@@ -221,13 +232,33 @@ def run(args: argparse.Namespace) -> int:
                 print(f"secagg bench: privacy-utility rows skipped: {exc}", file=sys.stderr)
         else:
             print("secagg bench: privacy-utility rows skipped: the time budget is spent", file=sys.stderr)
+    limits: dict[str, Any] = {}
+    scale: dict[str, Any] = {}
+    if args.limits:
+        from secagg.benchmarks._limits_report import run_limits
+
+        print("secagg bench: measuring the round at the limit (breakdown, cores, streamed rounds)", file=sys.stderr)
+        limits = run_limits(workers=args.workers, seed=args.seed,
+                            stream_dims=(10**5, 10**6) if args.quick else (10**7, 10**8),
+                            **({"n": 20, "d": 10**5, "k": 6} if args.quick else {}))
+    if args.scale:
+        from secagg.benchmarks._limits_report import run_scale
+
+        print("secagg bench: measuring rounds for the cost model (up to n=2000)", file=sys.stderr)
+        scale = run_scale(seed=args.seed, ns=(10, 20, 50), ds=(100, 1000)) if args.quick else run_scale(seed=args.seed)
     fits = fit_scaling(rows)
-    targets = check_targets(rows)
+    targets = check_targets(rows, limits=limits)
     machine["loadavg_end"] = machine_info().get("loadavg")
     meta = {"command": _command(args), "machine": machine, "elapsed_s": time.perf_counter() - start,
-            "budget_s": args.budget}
+            "budget_s": args.budget, "limits": limits, "scale": scale}
     paths = write_outputs(args.out, rows, privacy=privacy, fits=fits, targets=targets, meta=meta,
                           plots=not args.no_plots)
+    if scale and not args.no_plots:
+        from secagg.benchmarks._limits_report import plot_scale
+
+        png = plot_scale(args.out, scale)
+        if png is not None:
+            paths["scale"] = png
     print(markdown_report(rows, privacy, fits, targets, meta))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     skipped = [r for r in rows if r.status in ("skipped", "timeout")]
