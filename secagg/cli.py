@@ -237,4 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    # Under ``python -m secagg.cli`` this module runs as ``__main__`` while the commands
+    # import ``secagg.cli``: call that copy so its exception classes are the ones raised.
+    from secagg.cli import main as _main
+
+    raise SystemExit(_main())
