@@ -275,12 +275,15 @@ class Deployment:
             time.sleep(0.2)
         raise TimeoutError(f"port {port} not open after {timeout} s")
 
-    def add_node(self, partition: int, num_partitions: int | None = None) -> Proc:
+    def add_node(self, partition: int, num_partitions: int | None = None, **node_config: bool | int | float) -> Proc:
+        """Start SuperNode ``partition``; ``node_config`` adds flags to its node config
+        (e.g. ``**{"truncate-masked-input": True}`` for the example app's faulty node)."""
         n = self._n_total if num_partitions is None else num_partitions
+        extra = "".join(f" {k}={json.dumps(v)}" for k, v in node_config.items())
         proc = Proc(
             f"supernode-{partition}",
             [str(VENV_BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-             "--port", str(free_port()), "--node-config", f"partition-id={partition} num-partitions={n}"],
+             "--port", str(free_port()), "--node-config", f"partition-id={partition} num-partitions={n}{extra}"],
             self.env,
             self.root / f"supernode-{partition}.log",
         )

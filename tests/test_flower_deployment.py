@@ -3,8 +3,9 @@
 
 Run alone with ``pytest -m flower``; skip with ``-m "not flower"``.  The tests share one
 deployment (module scope) and run in file order: five SuperNodes (integer and float
-mode), then two SuperNodes killed by pid around key sharing, then too few nodes left
-(typed abort) and a next run on the same SuperLink.  SuperNodes are killed with SIGKILL
+mode), then a faulty SuperNode that truncates its masked input (excluded, the others'
+round completes), then two SuperNodes killed by pid around key sharing, then too few
+nodes left (typed abort) and a next run on the same SuperLink.  SuperNodes are killed with SIGKILL
 (a crashed device): the server only learns it from the stage deadline.
 """
 
@@ -98,6 +99,35 @@ def test_five_supernodes_exact_sum_and_fedavg_update(deployment: Deployment) -> 
     assert np.all(np.abs(got) <= 0.5)
     assert np.max(np.abs(got - _mean_delta(cohort, 64))) <= 1.0 / enc.scale + 1e-7
     assert out["rounds"][0]["total_weight"] == sum(task.synthetic_examples(p) for p in cohort)
+
+
+def test_a_node_sending_a_truncated_masked_input_is_excluded_and_the_others_complete(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    faulty = N + 1  # a seventh SuperNode whose ClientApp cuts its masked input in half
+    dep.add_node(faulty, N, **{"truncate-masked-input": True})
+    try:
+        dep.node_id(faulty, timeout=60)
+        cohort = [0, 1, 2, 3, faulty]
+        progress = dep.root / "progress-trunc"
+        progress.mkdir()
+        out, status = _run(dep, "trunc", mode="integer", dim=64, bits=16, neighbors="all", threshold=3,
+                           nodes=_nodes(dep, cohort), **{"progress-dir": str(progress)})
+        assert status["status"] == "finished:completed" and out["status"] == "completed", out
+        (rnd,) = out["rounds"]
+        bad = str(dep.node_id(faulty))
+        assert list(rnd["excluded"]) == [bad] and "masked_input" in rnd["excluded"][bad], rnd
+        assert all(v == [] for v in rnd["dropped"].values()), rnd  # excluded, not a dropout
+        assert rnd["recovered"] == [dep.node_id(faulty)]  # its mask key was reconstructed
+        part = _partition_of(dep)
+        assert sorted(part[n] for n in rnd["survivors"]) == [0, 1, 2, 3]
+        want = sum(task.synthetic_integers(p, 64, 16) for p in (0, 1, 2, 3)) % (1 << 16)
+        np.testing.assert_array_equal(_arrays(dep, "trunc"), want)
+        stage = json.loads((progress / "0-masked_input.json").read_text())
+        assert list(stage["excluded"]) == [bad] and dep.node_id(faulty) not in stage["answered"]
+    finally:
+        dep.nodes.pop(faulty).stop()
 
 
 def _wait_file(dep: Deployment, path: Path, timeout: float) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from secagg.flower import LocalUpdate, register
+from secagg.flower import LocalUpdate, SecAggClient
 from secagg_flower_app import task
 
 app = ClientApp()
@@ -34,8 +34,31 @@ def train_fn(arrays: ArrayRecord, config: ConfigRecord, context: Context) -> Loc
     return LocalUpdate(model, n)  # an nn.Module: secagg.flower takes its state dict
 
 
-# secagg: every stage arrives as a "train.secagg" message.
-register(app, train_fn)
+# secagg: every stage arrives as a "train.secagg" message (secagg.flower.register(app, train_fn)
+# does this in one line; the example wraps the handler for the misbehaving-node test hook).
+_secagg = SecAggClient(train_fn)
+
+
+@app.train("secagg")
+def secagg_stage(message: Message, context: Context) -> Message:
+    """One secagg stage.  Test hook: a SuperNode started with the node config
+    ``truncate-masked-input=true`` cuts its masked input in half, as a faulty or malicious
+    device would; the server excludes it and the other nodes' round completes."""
+    reply = _secagg(message, context)
+    if context.node_config.get("truncate-masked-input") is True:
+        reply = _truncated(message, reply)
+    return reply
+
+
+def _truncated(message: Message, reply: Message) -> Message:
+    from secagg.flower._codec import CONTROL_KEY, PAYLOAD_KEY, pack_payload, unpack_payload
+
+    ctl = message.content.config_records[CONTROL_KEY]
+    if ctl.get("stage") != "masked_input" or reply.has_error() or PAYLOAD_KEY not in reply.content.array_records:
+        return reply
+    data = unpack_payload(reply.content.array_records[PAYLOAD_KEY])
+    reply.content.array_records[PAYLOAD_KEY] = pack_payload(data[: len(data) // 2])
+    return reply
 
 
 # --- Flower's own SecAgg+ (benchmark baseline): a legacy NumPyClient behind secaggplus_mod ---

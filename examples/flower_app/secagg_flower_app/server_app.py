@@ -60,7 +60,8 @@ def _stage_hook(rc: Any, round_index: list[int]) -> Any:
 
     def hook(rep: StageReport) -> None:
         base = Path(pdir) / f"{round_index[0]}-{rep.stage}"
-        doc = {"stage": rep.stage, "answered": rep.answered, "silent": rep.silent, "errors": rep.errors}
+        doc = {"stage": rep.stage, "answered": rep.answered, "silent": rep.silent,
+               "excluded": {str(k): v for k, v in rep.excluded.items()}, "errors": rep.errors}
         base.with_suffix(".json").write_text(json.dumps(doc))
         if rep.stage in pause:
             go = base.with_suffix(".go")
@@ -139,7 +140,8 @@ def main(grid: Grid, context: Context) -> None:
         out["status"] = "completed"
     except SecureRoundAbort as exc:
         out.update(status="aborted", error=type(exc).__name__, reason=str(exc), stage=exc.stage,
-                   dropped={k: list(v) for k, v in exc.dropped.items()})
+                   dropped={k: list(v) for k, v in exc.dropped.items()},
+                   excluded={str(k): v for k, v in exc.excluded.items()})
         log.warning("%s", exc)
     except SecAggError as exc:
         out.update(status="failed", error=type(exc).__name__, reason=str(exc))
