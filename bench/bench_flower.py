@@ -42,7 +42,7 @@ from _flower_deploy import EXAMPLE_APP, Deployment, LocalGrid
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from secagg.flower import SecAggConfig, register, run_secure_round
+from secagg.flower import SecAggConfig, SecAggServer, register
 
 SMOKE_NODES = 5
 SMOKE_DIM = 10_000
@@ -100,7 +100,7 @@ def run_secagg_inprocess(nodes: int, dim: int) -> tuple[float, LocalGrid]:
     cfg = SecAggConfig(mode="fedavg", neighbors="all", threshold=nodes // 2 + 1, stage_timeout=10.0,
                        poll_interval=0.001)
     t0 = time.perf_counter()
-    res = run_secure_round(grid, grid.get_node_ids(), _arrays(dim), cfg)
+    res = SecAggServer(cfg).run_round(grid, grid.get_node_ids(), _arrays(dim))
     dt = time.perf_counter() - t0
     assert len(res.survivors) == nodes
     return dt, grid
