@@ -11,11 +11,6 @@ imports neither torch nor flwr, and :mod:`secagg` does not import it (it needs :
 Threat model of the figures: see :mod:`dp.tracker` (``release`` with sampling
 amplification and all noise present; ``server`` without amplification and only the noise
 guaranteed against a server colluding with ``colluders`` clients).
-
-``fedavg_encoder``, ``cohort_floor`` (now in :mod:`secagg.spec`) and ``encode_weighted`` /
-``decode_weighted`` (replaced by :meth:`RoundSpec.encode <secagg.spec.RoundSpec.encode>` /
-:meth:`~secagg.spec.RoundSpec.decode`) stay importable from here only until
-:mod:`secagg.flower` is ported to the spec; new code must not use them.
 """
 
 from __future__ import annotations
@@ -25,18 +20,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from dp.distributed import DistributedPlan, NoiseReport
 from dp.errors import BudgetExceededError
 from dp.ledger import Ledger, canonical_json
 from dp.tracker import PrivacyTracker, RoundEpsilon, RoundPrivacy
-from secagg.encoding import FixedPointEncoder, centered_lift
+from secagg._validate import check_int
 from secagg.errors import SecAggTypeError, SecAggValueError
 from secagg.messages import RoundConfig
-from secagg.rand import RngLike
-from secagg.spec import RoundSpec, cohort_floor, fedavg_encoder
+from secagg.spec import RoundSpec
 
 __all__ = [
     "NOISE_UNITS",
@@ -44,10 +35,6 @@ __all__ = [
     "RoundAccount",
     "account_round",
     "check_budget",
-    "cohort_floor",
-    "decode_weighted",
-    "encode_weighted",
-    "fedavg_encoder",
     "ledger_header",
     "protocol_summary",
     "round_privacy",
@@ -55,34 +42,6 @@ __all__ = [
 
 #: Units of ``noise_present`` / ``noise_guaranteed`` in a distributed-DP ledger record.
 NOISE_UNITS = "lattice (integer) units per coordinate; divide by mechanism.scale for model units"
-
-
-def encode_weighted(
-    encoder: FixedPointEncoder, update: npt.ArrayLike, weight: int, rng: RngLike = None
-) -> npt.NDArray[np.uint32] | npt.NDArray[np.uint64]:
-    """Deprecated (kept for :mod:`secagg.flower` until its port; use
-    :meth:`RoundSpec.encode <secagg.spec.RoundSpec.encode>`): ``weight * encode(update)``
-    followed by ``weight`` itself."""
-    body = encoder.encode(update, rng, weight=weight)
-    ring = np.empty(body.size + 1, dtype=body.dtype)
-    ring[:-1] = body
-    ring[-1] = weight
-    return ring
-
-
-def decode_weighted(encoder: FixedPointEncoder, aggregate: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], int]:
-    """Deprecated (kept for :mod:`secagg.flower` until its port; use
-    :meth:`RoundSpec.decode <secagg.spec.RoundSpec.decode>`): the sum of
-    :func:`encode_weighted` vectors -> (weighted mean update, total weight).
-
-    Raises:
-        SecAggValueError: the total weight is 0 (no surviving client had examples).
-    """
-    total = np.asarray(aggregate)
-    weight = int(centered_lift(total[-1:], encoder.bits)[0])
-    if weight <= 0:
-        raise SecAggValueError("the survivors' total weight is 0: no surviving client had examples")
-    return encoder.decode(total[:-1], count=weight), weight
 
 
 def ledger_header(
@@ -286,7 +245,7 @@ def _from_spec(spec: RoundSpec, total_weight: int | None, survivors: int) -> tup
 def account_round(
     tracker: PrivacyTracker | None,
     ledger: Ledger | None,
-    spec: RoundSpec | None = None,
+    spec: RoundSpec,
     *,
     survivors: int,
     dropped: Mapping[str, Sequence[int]],
@@ -294,12 +253,6 @@ def account_round(
     excluded: Mapping[int, str] | None = None,
     sampling_rate: float | None = None,
     extra: Mapping[str, Any] | None = None,
-    round_index: int | None = None,
-    protocol: RoundConfig | None = None,
-    layout: str | None = None,
-    ledger_head_sent: str | None = None,
-    plan: DistributedPlan | None = None,
-    plain: PlainRound | None = None,
 ) -> RoundAccount:
     """Account for a finished round and write its ledger record.
 
@@ -309,11 +262,8 @@ def account_round(
     fails (disk, a ledger changed on disk), the tracker has already counted the round: the
     safe side, since the aggregate exists.
 
-    Describe the round with its ``spec`` (the record names it by ``spec`` fingerprint and
-    ``model_digest``; round index, protocol, layout, ledger head and DP plan come from
-    it).  The keywords ``round_index``, ``protocol``, ``layout``, ``ledger_head_sent``,
-    ``plan`` and ``plain`` describe a round without a spec: they are kept only until
-    :mod:`secagg.flower` passes its spec, and may not be mixed with ``spec``.
+    The round is described by its ``spec`` (the record names it by ``spec`` fingerprint and
+    ``model_digest``; round index, protocol, layout, ledger head and DP plan come from it).
 
     Args:
         tracker: fed every distributed-DP round (None: no accounting).
@@ -334,34 +284,15 @@ def account_round(
         dp.errors.LedgerError: ``extra`` holds values JSON cannot carry (nothing recorded),
             or the append failed.
     """
-    spec_fields: dict[str, Any] = {}
-    if spec is not None:
-        legacy = (round_index, protocol, layout, ledger_head_sent, plan, plain)
-        if any(v is not None for v in legacy):
-            raise SecAggValueError("describe the round with its spec or with the legacy keywords, not both")
-        if isinstance(survivors, bool) or not isinstance(survivors, int):
-            raise SecAggValueError(f"survivors must be an int, got {survivors!r}")
-        plain, spec_fields = _from_spec(spec, total_weight, survivors)
-        round_index, protocol, layout = spec.round_index, spec.protocol, spec.layout_fingerprint
-        ledger_head_sent, plan = spec.ledger_head, spec.plan
-    if not isinstance(protocol, RoundConfig):
-        raise SecAggTypeError(f"protocol must be a RoundConfig, got {type(protocol).__name__}")
-    if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < 0:
-        raise SecAggValueError(f"round_index must be an int >= 0, got {round_index!r}")
-    if not isinstance(layout, str):
-        raise SecAggTypeError(f"layout must be the layout's fingerprint (a str), got {type(layout).__name__}")
+    survivors = check_int("survivors", survivors, 0)
+    plain, spec_fields = _from_spec(spec, total_weight, survivors)
+    round_index, protocol, layout = spec.round_index, spec.protocol, spec.layout_fingerprint
+    ledger_head_sent, plan = spec.ledger_head, spec.plan
     n = protocol.n
-    if isinstance(survivors, bool) or not isinstance(survivors, int) or not 0 <= survivors <= n:
+    if survivors > n:
         raise SecAggValueError(f"survivors must be an int in [0, {n}], got {survivors!r}")
-    if (plan is None) == (plain is None):
-        raise SecAggValueError("describe the round with a DP plan or (without DP) a PlainRound, not both")
-    if plan is not None:
-        if not isinstance(plan, DistributedPlan):
-            raise SecAggTypeError(f"plan must be a dp.distributed.DistributedPlan, got {type(plan).__name__}")
-        if ledger is not None and tracker is None:
-            raise SecAggValueError("a distributed-DP ledger record carries epsilons: pass a PrivacyTracker too")
-    elif not isinstance(plain, PlainRound):
-        raise SecAggTypeError(f"plain must be a PlainRound, got {type(plain).__name__}")
+    if plan is not None and ledger is not None and tracker is None:
+        raise SecAggValueError("a distributed-DP ledger record carries epsilons: pass a PrivacyTracker too")
     if excluded is not None:
         if not isinstance(excluded, Mapping):
             raise SecAggTypeError(f"excluded must map a client id to a reason, got {type(excluded).__name__}")

@@ -28,8 +28,6 @@ from secagg.rounds import (
     PlainRound,
     account_round,
     check_budget,
-    decode_weighted,
-    encode_weighted,
     ledger_header,
     protocol_summary,
     round_privacy,
@@ -39,6 +37,7 @@ from secagg.spec import (
     DPAggregation,
     FedAvgAggregation,
     IntegerSum,
+    RoundSpec,
     build_spec,
     cohort_floor,
     fedavg_encoder,
@@ -65,15 +64,18 @@ def _ledger(tmp_path: Path, tracker: PrivacyTracker) -> Ledger:
     return Ledger.create(tmp_path / "l.jsonl", {"accountant": tracker.accountant, "delta": tracker.delta})
 
 
-def _dp_args(dp_plan: DistributedPlan, survivors: int = 6, **kw: Any) -> dict[str, Any]:
+def _dp_spec(dp_plan: DistributedPlan, ledger_head: str | None = None) -> RoundSpec:
+    return RoundSpec(_protocol(dp_plan), "dp", (ArraySpec("w", (dp_plan.dim,), "float32"),), plan=dp_plan,
+                     ledger_head=ledger_head)  # fmt: skip
+
+
+def _dp_args(
+    dp_plan: DistributedPlan, survivors: int = 6, ledger_head_sent: str | None = None, **kw: Any
+) -> dict[str, Any]:
     args: dict[str, Any] = {
-        "round_index": 0,
-        "protocol": _protocol(dp_plan),
+        "spec": _dp_spec(dp_plan, ledger_head_sent),
         "survivors": survivors,
         "dropped": {"share_keys": [3], "masked_input": [7]},
-        "layout": "fp",
-        "ledger_head_sent": None,
-        "plan": dp_plan,
         "sampling_rate": 0.5,
     }
     args.update(kw)
@@ -193,11 +195,9 @@ def test_bad_extra_fields_record_nothing(tmp_path: Path) -> None:
 def test_round_without_dp(tmp_path: Path) -> None:
     tracker = PrivacyTracker(1e-5)
     ledger = _ledger(tmp_path, tracker)
-    protocol, _ = make_config(5, 11, 32, neighbors="all")
-    acct = account_round(
-        tracker, ledger, round_index=4, protocol=protocol, survivors=4, dropped={"masked_input": [2]},
-        layout="fp", ledger_head_sent=None, plain=PlainRound("fedavg", 0.5, 40, 16),
-    )
+    lay = (ArraySpec("w", (10,), "float32"),)
+    fedavg = build_spec(5, lay, FedAvgAggregation(bound=0.5, max_weight=16), neighbors="all", round_index=4)
+    acct = account_round(tracker, ledger, fedavg, survivors=4, dropped={"masked_input": [2]}, total_weight=40)
     assert acct.privacy is None and acct.noise is None and tracker.rounds == 0
     _, records = read_ledger(tmp_path / "l.jsonl")
     rec = records[0]
@@ -205,10 +205,8 @@ def test_round_without_dp(tmp_path: Path) -> None:
     assert rec["mechanism"] == {"name": "none", "mode": "fedavg", "weighting": "example counts capped at max_weight",
                                 "max_weight": 16}
     assert rec["epsilon"] == {"release": None, "server": None} and rec["noise_present"] == 0.0
-    integer = account_round(
-        None, None, round_index=0, protocol=protocol, survivors=5, dropped={}, layout="fp",
-        ledger_head_sent=None, plain=PlainRound("integer", 255.0, 5),
-    )
+    ints = build_spec(5, (ArraySpec("x", (10,), "int64"),), IntegerSum(8), neighbors="all")
+    integer = account_round(None, None, ints, survivors=5, dropped={}, total_weight=5)
     assert integer.record is None and integer.privacy is None
     assert PlainRound("integer", 255.0, 5).mechanism() == {"name": "none", "mode": "integer"}
 
@@ -216,18 +214,14 @@ def test_round_without_dp(tmp_path: Path) -> None:
 def test_inconsistent_arguments_are_refused() -> None:
     plan = _plan()
     tracker = PrivacyTracker(1e-5)
-    with pytest.raises(SecAggValueError):  # a DP round takes mode and clip from the plan
-        account_round(tracker, None, **_dp_args(plan, plain=PlainRound("fedavg", 1.0, 3)))
-    with pytest.raises(SecAggValueError):  # neither a plan nor a plain round
-        account_round(tracker, None, **_dp_args(plan, plan=None))
-    with pytest.raises(SecAggTypeError):
-        account_round(tracker, None, **_dp_args(plan, plan=None, plain={"mode": "fedavg"}))
+    with pytest.raises(SecAggValueError):  # a DP round weighs every survivor once
+        account_round(tracker, None, **_dp_args(plan, total_weight=3))
+    with pytest.raises(SecAggTypeError):  # the round is described by its spec only
+        account_round(tracker, None, **_dp_args(plan, spec=plan))
     with pytest.raises(SecAggValueError):  # survivors outside [0, n]
         account_round(tracker, None, **_dp_args(plan, survivors=N + 1))
     with pytest.raises(SecAggTypeError):
-        account_round(tracker, None, **_dp_args(plan, protocol=protocol_summary(_protocol(plan))))
-    with pytest.raises(SecAggTypeError):
-        account_round(tracker, None, **_dp_args(plan, plan=plan.to_dict()))
+        account_round(tracker, None, **_dp_args(plan, excluded=[1]))
     with pytest.raises(SecAggValueError, match="PrivacyTracker"):  # a DP ledger record needs epsilons
         account_round(None, object(), **_dp_args(plan))  # type: ignore[arg-type]
     assert tracker.rounds == 0
@@ -253,25 +247,26 @@ def test_module_imports_neither_torch_nor_flwr() -> None:
 def test_weighted_fedavg_vectors_sum_to_the_weighted_mean(bits: int, n: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     size, bound, cap = 9, 0.5, 20
-    enc = fedavg_encoder(n, bits, bound, cap)
+    spec = build_spec(n, (ArraySpec("u", (size,), "float64"),), FedAvgAggregation(bound, cap, bits), neighbors="all")
+    assert spec.encoder is not None
     updates = rng.uniform(-bound, bound, size=(n, size))
     weights = rng.integers(0, cap + 1, size=n)
     weights[0] = max(int(weights[0]), 1)
     total = np.zeros(size + 1, dtype=np.uint64)
     for u, w in zip(updates, weights, strict=True):
-        vec = encode_weighted(enc, u, int(w), rng=seed)
+        vec = spec.encode(u, num_examples=int(w), rng=seed)
         assert vec.shape == (size + 1,) and int(vec[-1]) == w
         total = (total + vec.astype(np.uint64)) & np.uint64((1 << bits) - 1 if bits < 64 else 2**64 - 1)
-    mean, weight = decode_weighted(enc, total.astype(vec.dtype))
+    mean, weight = spec.decode(total.astype(vec.dtype), n)
     assert weight == int(weights.sum())
     want = (weights[:, None] * updates).sum(axis=0) / weight
-    assert np.max(np.abs(mean - want)) <= 1.0 / enc.scale + 1e-12  # stochastic rounding: < 1 unit each
+    assert np.max(np.abs(mean - want)) <= 1.0 / spec.encoder.scale + 1e-12  # stochastic rounding: < 1 unit each
 
 
 def test_weighted_fedavg_errors() -> None:
-    enc = fedavg_encoder(4, 16, 1.0, 10)
+    spec = build_spec(4, (ArraySpec("u", (4,), "float64"),), FedAvgAggregation(1.0, 10, 16), neighbors="all")
     with pytest.raises(SecAggValueError, match="total weight is 0"):
-        decode_weighted(enc, np.zeros(5, dtype=np.uint32))
+        spec.decode(np.zeros(5, dtype=np.uint32), 4)
     with pytest.raises(HeadroomError):  # 2^20 clients of weight 2^20 cannot fit 32 bits
         fedavg_encoder(2**20, 32, 1.0, 2**20)
 
@@ -351,8 +346,6 @@ def test_spec_round_refuses_inconsistent_arguments(tmp_path: Path) -> None:
         account_round(tracker, ledger, fed, survivors=4, dropped={})
     with pytest.raises(SecAggValueError, match="total_weight"):
         account_round(tracker, ledger, dp_spec, survivors=6, dropped={}, total_weight=60)
-    with pytest.raises(SecAggValueError, match="not both"):  # the spec already says all of this
-        account_round(tracker, ledger, dp_spec, survivors=6, dropped={}, round_index=0)
     with pytest.raises(SecAggValueError):
         account_round(tracker, ledger, dp_spec, survivors=N + 1, dropped={})
     with pytest.raises(SecAggTypeError):
