@@ -11,7 +11,9 @@ The public API is re-exported here, one way to do each thing:
   (``flower`` extra).  All three are transports over the one round driver,
   :func:`secagg.driver.drive_round` (bring your own transport:
   :class:`secagg.transport.Transport`);
-* the sans-I/O protocol: :class:`ClientSession`, :class:`ServerSession`;
+* the sans-I/O protocol: :class:`ClientSession`, :class:`ServerSession`; active mode
+  (a malicious server with colluding clients) needs identities: :class:`IdentityKey`,
+  :class:`Alliance` (:mod:`secagg.identity`);
 * errors: :class:`SecAggError` and its subclasses; whose fault a protocol error is:
   :class:`LocalProtocolError` or :class:`RemoteProtocolError`.
 
@@ -28,6 +30,7 @@ from secagg.driver import STAGES
 from secagg.encoding import FixedPointEncoder
 from secagg.errors import (
     CryptoError,
+    EquivocationError,
     HeadroomError,
     InconsistentSharesError,
     LocalProtocolError,
@@ -40,9 +43,11 @@ from secagg.errors import (
     SecAggValueError,
     SecurityViolation,
     ShareError,
+    SignatureError,
     UnsafeParametersError,
 )
 from secagg.graph import GraphParameters, ThreatModel, choose_parameters
+from secagg.identity import Alliance, Evidence, IdentityKey
 from secagg.messages import RoundConfig, Stage
 from secagg.rand import RandomSource
 from secagg.server import AggregateResult, ServerSession
@@ -60,14 +65,18 @@ from secagg.spec import (
 __all__ = [
     "STAGES",
     "AggregateResult",
+    "Alliance",
     "ArraySpec",
     "ClientSession",
     "CryptoError",
     "DPAggregation",
+    "EquivocationError",
+    "Evidence",
     "FedAvgAggregation",
     "FixedPointEncoder",
     "GraphParameters",
     "HeadroomError",
+    "IdentityKey",
     "InconsistentSharesError",
     "IntegerSum",
     "LocalProtocolError",
@@ -85,6 +94,7 @@ __all__ = [
     "SecurityViolation",
     "ServerSession",
     "ShareError",
+    "SignatureError",
     "Stage",
     "ThreatModel",
     "UnsafeParametersError",

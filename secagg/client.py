@@ -27,6 +27,25 @@ must come from neighbours only, at least t of them, each ciphertext must authent
 must not list a peer as both surviving and dropped, must name only neighbours that
 shared keys, must leave at least t surviving neighbours, and the client never reveals
 both the self-mask share and the mask-key share of one peer during the session.
+
+Active mode (``config.active``; Bonawitz et al. 2017 active variant, Bell et al. 2020):
+the constructor also takes this client's :class:`~secagg.identity.IdentityKey`, the
+:class:`~secagg.identity.Alliance`, the round-spec fingerprint and the digest of the model
+it trains on::
+
+    client = ClientSession(spec.protocol, client_id, identity=key, alliance=alliance,
+                           spec_fingerprint=spec.fingerprint, model_digest=digest)
+
+It then deals Shamir shares of both secrets at every x-coordinate before advertising,
+signs its advertisement (keys, a commitment to its self-mask seed and the Merkle root of
+the dealt shares), verifies the signature of every neighbour's roster entry against the
+alliance before using its keys, checks every received share's Merkle path, signs the
+survivor set in the consistency round, and reveals shares only after verifying, for
+every peer it reveals about, at least t signatures of the identical survivor set from
+that peer's neighbours (raising :class:`~secagg.errors.EquivocationError`, with both
+signed statements, when the server shows it a validly signed different set).  A client
+with an identity refuses a semi-honest config (no downgrade).  Active sessions cannot be
+exported yet (:meth:`ClientSession.export_state`).
 """
 
 from __future__ import annotations
@@ -47,6 +66,7 @@ from secagg.crypto import aead as _aead
 from secagg.crypto import keys as _keys
 from secagg.crypto.prg import Masker
 from secagg.errors import (
+    EquivocationError,
     LocalProtocolError,
     MessageError,
     RemoteProtocolError,
@@ -54,11 +74,28 @@ from secagg.errors import (
     SecAggTypeError,
     SecAggValueError,
     SecurityViolation,
+    SignatureError,
     UnsafeParametersError,
+)
+from secagg.identity import (
+    KEY_SHARE,
+    SEED_SHARE,
+    Alliance,
+    IdentityKey,
+    ShareTree,
+    SignedStatement,
+    advertisement_statement,
+    reveal_statement,
+    seed_commitment,
+    share_leaf,
+    survivor_statement,
+    verify_share_proof,
 )
 from secagg.messages import (
     Abort,
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencyRequest,
     EncryptedShare,
     MaskedInput,
     Message,
@@ -101,10 +138,11 @@ class ClientState(str, Enum):
     ADVERTISED = "advertised"  # sent AdvertiseKeys, waiting for the Roster
     SHARED = "shared"  # sent ShareKeys, waiting for the ShareDelivery
     AWAIT_INPUT = "await_input"  # delivery processed, waiting for provide_input()
-    MASKED = "masked"  # sent MaskedInput, waiting for the UnmaskRequest
+    MASKED = "masked"  # sent MaskedInput, waiting for the UnmaskRequest (active: ConsistencyRequest)
     DONE = "done"  # sent UnmaskShares; the round is over for this client
     ABORTED = "aborted"  # the server announced an abort
     FAILED = "failed"  # an illegal or unsafe message was refused (sticky)
+    CHECKED = "checked"  # active mode: signed the survivor set, waiting for the UnmaskRequest
 
 
 #: The only legal (state, message class) pairs of a client and the handler for each.
@@ -113,6 +151,8 @@ CLIENT_TRANSITIONS: dict[tuple[ClientState, type[Message]], str] = {
     (ClientState.ADVERTISED, Roster): "_on_roster",
     (ClientState.SHARED, ShareDelivery): "_on_delivery",
     (ClientState.MASKED, UnmaskRequest): "_on_unmask",
+    (ClientState.MASKED, ConsistencyRequest): "_on_consistency",
+    (ClientState.CHECKED, UnmaskRequest): "_on_unmask",
     **{
         (s, Abort): "_on_abort"
         for s in (
@@ -121,6 +161,7 @@ CLIENT_TRANSITIONS: dict[tuple[ClientState, type[Message]], str] = {
             ClientState.SHARED,
             ClientState.AWAIT_INPUT,
             ClientState.MASKED,
+            ClientState.CHECKED,
             ClientState.DONE,  # the server may still abort after this client revealed its shares
         )
     },
@@ -139,7 +180,10 @@ def check_config(config: RoundConfig) -> None:
         SecAggTypeError: ``config`` is not a :class:`~secagg.messages.RoundConfig`.
         UnsafeParametersError: t <= (k + c) / 2 (k the largest neighbourhood, c the
             bound on colluding neighbours), t above the expected surviving neighbours,
-            or a cohort floor below c + 2 (c the global number of colluders).
+            a cohort floor below c + 2 (c the global number of colluders), or a bound on
+            colluding neighbours below what pigeonhole forces: with C colluders and a
+            roster of at least ``n - D`` clients, a neighbourhood of k holds at least
+            ``min(C, k - (n - D - 1 - C))`` of them (all C in the complete graph).
     """
     if not isinstance(config, RoundConfig):
         raise SecAggTypeError(f"config must be a RoundConfig, got {type(config).__name__}")
@@ -148,6 +192,17 @@ def check_config(config: RoundConfig) -> None:
     if config.k == 1 and config.n > 2:
         raise SecAggValueError("k must be >= 2 (or 0 for the complete graph)")
     deg = config.max_degree
+    floor = config.roster_floor
+    deg_at_floor = min(deg, floor - 1)
+    forced = min(config.colluders, deg, max(0, deg_at_floor - (floor - 1 - config.colluders)))
+    if config.complete:
+        forced = min(config.colluders, deg)
+    if config.corrupt_neighbours < forced:
+        raise UnsafeParametersError(
+            f"corrupt_neighbours={config.corrupt_neighbours} is below the {forced} colluders every neighbourhood of "
+            f"{deg} must hold when {config.colluders} collude and the roster may shrink to {config.roster_floor}; "
+            "the threshold would be checked against too few colluders"
+        )
     _graph.check_threshold(deg, config.t, min(config.corrupt_neighbours, deg), min(config.expected_survivors, deg))
     if config.min_clients < config.colluders + 2:
         raise UnsafeParametersError(
@@ -212,6 +267,13 @@ def _packed(y: RingArray, bits: int) -> bytes | memoryview:
     return _packing.pack(y, bits)
 
 
+def _hex_digest(name: str, value: object) -> bytes:
+    """A SHA-256 hex digest (64 lowercase hex characters) as 32 bytes."""
+    if not isinstance(value, str) or len(value) != 64 or any(ch not in "0123456789abcdef" for ch in value):
+        raise SecAggValueError(f"{name} must be a SHA-256 hex digest (64 lowercase hex characters)")
+    return bytes.fromhex(value)
+
+
 def _wrap(exc: SecAggError, what: str) -> RemoteProtocolError:
     """A fault found in a server message, as a :class:`RemoteProtocolError` blaming the server."""
     if isinstance(exc, RemoteProtocolError):
@@ -235,17 +297,55 @@ class ClientSession:
             the exact transcript.  ``None`` is cryptographically secure.
         masker: optional :class:`~secagg.crypto.prg.Masker` of matching ``d``/``bits``
             to reuse its buffers across sessions run in one thread.
+        identity: active mode: this client's :class:`~secagg.identity.IdentityKey` (its
+            public key must be the alliance's entry for ``client_id``).
+        alliance: active mode: the :class:`~secagg.identity.Alliance`.
+        spec_fingerprint: active mode: :attr:`secagg.spec.RoundSpec.fingerprint` (hex) of
+            the spec this client received; it signs it, so neighbours given another spec
+            refuse this client's keys.
+        model_digest: active mode: the digest (hex, :func:`secagg.spec.model_digest`) of
+            the global model this client trains on, or None when the round aggregates no
+            model; signed the same way (a server cannot send one client a crafted model).
 
     Raises:
-        UnsafeParametersError: the configuration is unsafe for an honest client.
+        UnsafeParametersError: the configuration is unsafe for an honest client, or is
+            semi-honest while this client was given an identity (no downgrade).
+        SecAggValueError: an active config without identity, alliance or fingerprint, or
+            an identity that is not the alliance's key of ``client_id``.
     """
 
     def __init__(
-        self, config: RoundConfig, client_id: int, rng: RngLike = None, *, masker: Masker | None = None
+        self,
+        config: RoundConfig,
+        client_id: int,
+        rng: RngLike = None,
+        *,
+        masker: Masker | None = None,
+        identity: IdentityKey | None = None,
+        alliance: Alliance | None = None,
+        spec_fingerprint: str | None = None,
+        model_digest: str | None = None,
     ) -> None:
         check_config(config)
         if isinstance(client_id, bool) or not isinstance(client_id, int) or not 1 <= client_id <= config.n:
             raise SecAggValueError(f"client_id must be an int in [1, {config.n}], got {client_id!r}")
+        self._active = config.active
+        self._identity = identity
+        self._alliance = alliance
+        self._fp = b""
+        self._md = b""
+        if config.active:
+            if not isinstance(identity, IdentityKey) or not isinstance(alliance, Alliance):
+                raise SecAggValueError("an active round needs this client's identity= and the alliance=")
+            if alliance.get(client_id) != identity.public_bytes():
+                raise SecAggValueError(f"identity is not the alliance's key of client {client_id}")
+            self._fp = _hex_digest("spec_fingerprint", spec_fingerprint)
+            self._md = b"" if model_digest is None else _hex_digest("model_digest", model_digest)
+        elif identity is not None or alliance is not None:
+            raise UnsafeParametersError(
+                "this client has an identity but the round is semi-honest (config.active is False); refusing the "
+                "downgrade: run the round in active mode"
+            )
         self._config = config
         self._id = client_id
         self._rng: RandomSource = as_random_source(rng)
@@ -268,6 +368,16 @@ class ClientSession:
         self._held: dict[int, tuple[bytes, bytes]] = {}  # peer -> (key share, seed share)
         self._revealed_self: set[int] = set()
         self._revealed_key: set[int] = set()
+        # active mode
+        self._dealt: tuple[list[bytes], list[bytes]] | None = None  # key / seed shares at x = 1..n
+        self._tree: ShareTree | None = None
+        self._commitment = b""
+        self._advert_sig = b""
+        self._roots: dict[int, bytes] = {}
+        self._peer_graph: dict[int, frozenset[int]] = {}
+        self._proofs: dict[int, tuple[bytes, ...]] = {}  # peer -> key-share proof (held shares)
+        self._signed_set: tuple[int, ...] | None = None
+        self._survivor_sig = b""
 
     # -- read-only views ---------------------------------------------------------------
 
@@ -309,8 +419,14 @@ class ClientSession:
             ClientState.ADVERTISED: Stage.SHARE_KEYS,
             ClientState.SHARED: Stage.MASKED_INPUT,
             ClientState.AWAIT_INPUT: Stage.MASKED_INPUT,
-            ClientState.MASKED: Stage.UNMASKING,
+            ClientState.MASKED: Stage.CONSISTENCY if self._active else Stage.UNMASKING,
+            ClientState.CHECKED: Stage.UNMASKING,
         }.get(self._state)
+
+    @property
+    def active(self) -> bool:
+        """Whether this session runs the active-mode protocol."""
+        return self._active
 
     # -- driving the session ----------------------------------------------------------
 
@@ -322,13 +438,37 @@ class ClientSession:
         """
         if self._state is not ClientState.READY:
             raise LocalProtocolError(f"start() is only legal once, in state READY (not {self._state.value})")
+        cfg, me = self._config, self._id
         mask_sk = _keys.generate_private_key(self._rng)
         enc_sk = _keys.generate_private_key(self._rng)
-        self._seed = self._rng.bytes(SECRET_BYTES)
-        self._mask_sk, self._enc_sk = mask_sk, enc_sk
-        self._mask_pk, self._enc_pk = _keys.public_key(mask_sk), _keys.public_key(enc_sk)
+        seed = self._rng.bytes(SECRET_BYTES)
+        mask_pk, enc_pk = _keys.public_key(mask_sk), _keys.public_key(enc_sk)
+        if not self._active:
+            self._seed, self._mask_sk, self._enc_sk = seed, mask_sk, enc_sk
+            self._mask_pk, self._enc_pk = mask_pk, enc_pk
+            self._state = ClientState.ADVERTISED
+            return AdvertiseKeys(cfg.round_id, me, mask_pk, enc_pk)
+        # Active: deal both secrets at every x-coordinate now (the neighbours are not known
+        # yet) and sign the root of the share tree with the keys and the seed commitment.
+        xs = [x for x in range(1, cfg.n + 1)]
+        key_shares, seed_shares = _shamir.split_many([mask_sk, seed], cfg.t, xs, rng=self._rng)
+        keys_b = [sh.to_bytes() for sh in key_shares]
+        seeds_b = [sh.to_bytes() for sh in seed_shares]
+        leaves: list[bytes] = []
+        for x, kb, sb in zip(xs, keys_b, seeds_b, strict=True):
+            leaves.append(share_leaf(cfg.round_id, me, x, KEY_SHARE, kb))
+            leaves.append(share_leaf(cfg.round_id, me, x, SEED_SHARE, sb))
+        tree = ShareTree(leaves, cfg.n)
+        commitment = seed_commitment(cfg.round_id, me, seed)
+        fp, md = self._fp, self._md
+        statement = advertisement_statement(cfg.round_id, fp, md, me, mask_pk, enc_pk, commitment, tree.root)
+        assert self._identity is not None
+        signature = self._identity.sign(statement)
+        self._seed, self._mask_sk, self._enc_sk = seed, mask_sk, enc_sk
+        self._mask_pk, self._enc_pk = mask_pk, enc_pk
+        self._dealt, self._tree, self._commitment, self._advert_sig = (keys_b, seeds_b), tree, commitment, signature
         self._state = ClientState.ADVERTISED
-        return AdvertiseKeys(self._config.round_id, self._id, self._mask_pk, self._enc_pk)
+        return AdvertiseKeys(cfg.round_id, me, mask_pk, enc_pk, commitment, tree.root, signature)
 
     def receive(self, message: Message | bytes | bytearray | memoryview, *, input: object = None) -> Message | None:
         """Consume one server message; return the reply to send (or None).
@@ -416,6 +556,19 @@ class ClientSession:
         mine = [e for e in roster.clients if e.client_id == me]
         if not mine or mine[0].mask_key != self._mask_pk or mine[0].enc_key != self._enc_pk:
             raise SecurityViolation(f"client {me}: roster does not carry this client's own keys")
+        if roster.signed != self._active:
+            raise SecurityViolation(f"client {me}: roster is {'' if roster.signed else 'not '}signed, the round is not")
+        if self._active and (mine[0].commitment, mine[0].share_root, mine[0].signature) != (
+            self._commitment,
+            self._tree.root if self._tree is not None else b"",
+            self._advert_sig,
+        ):
+            raise SecurityViolation(f"client {me}: roster does not carry this client's own signed advertisement")
+        if len(ids) < cfg.roster_floor:
+            raise SecurityViolation(
+                f"client {me}: roster of {len(ids)} clients is below the floor n - D = {cfg.roster_floor}; a server "
+                "that shrinks the roster can surround a client with colluders"
+            )
         if ids[-1] > cfg.n:
             raise RemoteProtocolError(f"client {me}: roster names client {ids[-1]} outside 1..{cfg.n}")
         masks = {e.mask_key for e in roster.clients}
@@ -424,7 +577,13 @@ class ClientSession:
             raise SecurityViolation(f"client {me}: roster repeats a public key")
         if len(ids) < cfg.min_clients:
             raise SecurityViolation(f"client {me}: roster of {len(ids)} clients is below min_clients={cfg.min_clients}")
-        neighbours = _graph.neighbours(ids, None if cfg.complete else cfg.k, graph_seed(roster), me)
+        peer_graph: dict[int, frozenset[int]] = {}
+        if self._active:
+            graph = roster_graph(cfg, roster)
+            neighbours = graph[me]
+            peer_graph = {v: graph[v] for v in neighbours}
+        else:
+            neighbours = _graph.neighbours(ids, None if cfg.complete else cfg.k, graph_seed(roster), me)
         if len(neighbours) < cfg.t:
             raise SecurityViolation(
                 f"client {me}: {len(neighbours)} neighbours cannot hold a {cfg.t}-threshold sharing"
@@ -432,14 +591,42 @@ class ClientSession:
         entries = {e.client_id: e for e in roster.clients}
         assert self._enc_sk is not None and self._mask_sk is not None and self._seed is not None
         order = sorted(neighbours)
+        if self._active:
+            # Verify every neighbour's signed advertisement before using any of its keys.
+            assert self._alliance is not None
+            for v in order:
+                e = entries[v]
+                st = advertisement_statement(
+                    cfg.round_id, self._fp, self._md, v, e.mask_key, e.enc_key, e.commitment, e.share_root
+                )
+                try:
+                    self._alliance.verify(v, st, e.signature)
+                except SignatureError as exc:
+                    raise SecurityViolation(
+                        f"client {me}: roster entry of client {v} is not signed by its alliance key for this round, "
+                        f"spec and model ({exc}); refusing its keys"
+                    ) from exc
         shared = _keys.agree_many(self._enc_sk, [entries[v].enc_key for v in order])
         share_keys = {
             v: _keys.derive(z, _keys.LABEL_SHARE, cfg.round_id, me, v) for v, z in zip(order, shared, strict=True)
         }
-        key_shares, seed_shares = _shamir.split_many([self._mask_sk, self._seed], cfg.t, order, rng=self._rng)
+        if self._active:
+            assert self._dealt is not None and self._tree is not None
+            plain = [
+                SharePayload(
+                    cfg.round_id, me, v, self._dealt[0][v - 1], self._dealt[1][v - 1], self._tree.proof(v, KEY_SHARE)
+                )
+                for v in order
+            ]
+        else:
+            key_shares, seed_shares = _shamir.split_many([self._mask_sk, self._seed], cfg.t, order, rng=self._rng)
+            plain = [
+                SharePayload(cfg.round_id, me, v, ks.to_bytes(), ss.to_bytes())
+                for v, ks, ss in zip(order, key_shares, seed_shares, strict=True)
+            ]
         out = []
-        for v, ks, ss in zip(order, key_shares, seed_shares, strict=True):
-            payload = SharePayload(cfg.round_id, me, v, ks.to_bytes(), ss.to_bytes()).encode()
+        for v, sp in zip(order, plain, strict=True):
+            payload = sp.encode()
             ct = _aead.encrypt(
                 share_keys[v],
                 payload,
@@ -453,6 +640,10 @@ class ClientSession:
         self._neighbours = frozenset(neighbours)
         self._peer_mask_keys = {v: entries[v].mask_key for v in order}
         self._share_keys_cache = share_keys
+        if self._active:
+            self._roots = {v: entries[v].share_root for v in order}
+            self._peer_graph = peer_graph
+            self._dealt, self._tree = None, None  # the shares are out
         self._enc_sk = None  # no longer needed
         self._state = ClientState.SHARED
         return ShareKeys(cfg.round_id, me, tuple(out))
@@ -471,6 +662,7 @@ class ClientSession:
                 "an honest server excludes such a client"
             )
         held: dict[int, tuple[bytes, bytes]] = {}
+        proofs: dict[int, tuple[bytes, ...]] = {}
         for item in delivery.shares:
             v = item.peer
             plain = _aead.decrypt(
@@ -490,8 +682,21 @@ class ClientSession:
             for raw in (payload.key_share, payload.seed_share):
                 if _shamir.Share.from_bytes(raw).x != me:
                     raise RemoteProtocolError(f"client {me}: share from {v} is not at this client's x-coordinate")
+            if self._active:
+                key_leaf = share_leaf(cfg.round_id, v, me, KEY_SHARE, payload.key_share)
+                seed_leaf = share_leaf(cfg.round_id, v, me, SEED_SHARE, payload.seed_share)
+                root, proof = self._roots[v], payload.proof
+                if not (
+                    verify_share_proof(root, key_leaf, me, KEY_SHARE, proof, cfg.n)
+                    and verify_share_proof(root, seed_leaf, me, SEED_SHARE, (key_leaf, *proof[1:]), cfg.n)
+                ):
+                    raise SecurityViolation(f"client {me}: shares from {v} are not the ones {v} signed")
+                proofs[v] = proof
+            elif payload.proof:
+                raise RemoteProtocolError(f"client {me}: share proof in a semi-honest round")
             held[v] = (payload.key_share, payload.seed_share)
         self._held = held
+        self._proofs = proofs
         self._partners = senders
         self._share_keys_cache = {}
         if self._input is None:
@@ -520,10 +725,97 @@ class ClientSession:
         self._state = ClientState.MASKED
         return MaskedInput(cfg.round_id, me, payload)
 
+    def _on_consistency(self, req: ConsistencyRequest) -> ConsistencyCheck:
+        cfg, me = self._config, self._id
+        if not self._active:
+            raise RemoteProtocolError(f"client {me}: a consistency request in a semi-honest round")
+        if req.receiver != me:
+            raise RemoteProtocolError(f"client {me}: consistency request addressed to client {req.receiver}")
+        survivors = req.survivors
+        if me not in survivors:
+            raise SecurityViolation(f"client {me}: survivor set omits this client, whose masked input was sent")
+        if survivors[-1] > cfg.n:
+            raise RemoteProtocolError(f"client {me}: survivor set names client {survivors[-1]} outside 1..{cfg.n}")
+        if len(survivors) < cfg.min_clients:
+            raise SecurityViolation(
+                f"client {me}: survivor set of {len(survivors)} is below min_clients={cfg.min_clients}; refusing"
+            )
+        alive = set(self._partners) & set(survivors)
+        if len(alive) < cfg.t:
+            raise SecurityViolation(
+                f"client {me}: survivor set leaves {len(alive)} surviving neighbours, fewer than t={cfg.t}; refusing"
+            )
+        assert self._identity is not None
+        sig = self._identity.sign(survivor_statement(cfg.round_id, self._fp, self._md, me, survivors))
+        self._signed_set, self._survivor_sig = survivors, sig
+        self._state = ClientState.CHECKED
+        return ConsistencyCheck(cfg.round_id, me, sig)
+
+    def _check_consistency(self, req: UnmaskRequest) -> None:
+        """Active mode: the request's survivor set is the one this client signed, its
+        lists follow from that set, and every peer it reveals about has at least t
+        neighbours whose signatures of the identical set verify (so no two survivor sets
+        can each gather t signatures within one neighbourhood: an honest neighbour signs
+        one set, and t > (k + corrupt neighbours) / 2)."""
+        cfg, me = self._config, self._id
+        alliance, mine = self._alliance, self._signed_set
+        assert alliance is not None and mine is not None
+        told = req.survivor_set
+        sigs = {s.signer: s.signature for s in req.signatures}
+        if told != mine:
+            mine_st = survivor_statement(cfg.round_id, self._fp, self._md, me, mine)
+            own = SignedStatement(me, mine_st, self._survivor_sig)
+            for w, sig in sorted(sigs.items()):
+                if w == me or w not in told:
+                    continue
+                other = SignedStatement(w, survivor_statement(cfg.round_id, self._fp, self._md, w, told), sig)
+                try:
+                    other.verify(alliance)
+                except SignatureError:
+                    continue
+                raise EquivocationError(
+                    f"client {me}: the server told client {w} another survivor set than this client "
+                    "(both statements are signed); refusing to unmask",
+                    statements=(own, other),
+                    stage=Stage.UNMASKING.value,
+                )
+            raise SecurityViolation(f"client {me}: unmasking request carries another survivor set than the one signed")
+        survivors = set(told)
+        partners = set(self._partners)
+        if set(req.survivors) != partners & survivors or set(req.dropped) != partners - survivors:
+            raise SecurityViolation(f"client {me}: request lists disagree with the survivor set this client signed")
+        good: set[int] = set()
+        for v in sorted(partners):
+            holders = self._peer_graph[v] & survivors
+            count = len(holders & good)
+            for w in sorted(holders - good):
+                if count >= cfg.t:
+                    break
+                theirs = sigs.get(w)
+                if theirs is None:
+                    continue
+                try:
+                    alliance.verify(w, survivor_statement(cfg.round_id, self._fp, self._md, w, told), theirs)
+                except SignatureError as exc:
+                    raise SecurityViolation(f"client {me}: a survivor-set signature does not verify: {exc}") from exc
+                good.add(w)
+                count += 1
+            if count < cfg.t:
+                raise SecurityViolation(
+                    f"client {me}: only {count} neighbours of client {v} signed the survivor set, fewer than "
+                    f"t={cfg.t}; refusing to reveal"
+                )
+
     def _on_unmask(self, req: UnmaskRequest) -> UnmaskShares:
         cfg, me = self._config, self._id
         if req.receiver != me:
             raise RemoteProtocolError(f"client {me}: unmasking request addressed to client {req.receiver}")
+        if self._active:
+            if self._state is not ClientState.CHECKED:
+                raise SecurityViolation(f"client {me}: unmasking requested before the consistency round; refusing")
+            self._check_consistency(req)
+        elif req.survivor_set or req.signatures:
+            raise RemoteProtocolError(f"client {me}: survivor signatures in a semi-honest round")
         alive, dead = set(req.survivors), set(req.dropped)
         both = sorted(alive & dead)
         if both:
@@ -540,13 +832,29 @@ class ClientSession:
             )
         if alive & self._revealed_key or dead & self._revealed_self:
             raise SecurityViolation(f"client {me}: would reveal both shares of a peer; refusing")
-        self_shares = tuple(RevealedShare(v, self._held[v][1]) for v in sorted(alive))
-        key_shares = tuple(RevealedShare(v, self._held[v][0]) for v in sorted(dead))
+        if self._active:
+            self_shares = tuple(RevealedShare(v, self._held[v][1], self._seed_proof(v)) for v in sorted(alive))
+            key_shares = tuple(RevealedShare(v, self._held[v][0], self._proofs[v]) for v in sorted(dead))
+            unsigned = UnmaskShares(cfg.round_id, me, self_shares, key_shares)
+            assert self._identity is not None
+            sig = self._identity.sign(reveal_statement(cfg.round_id, self._fp, self._md, unsigned.encode()))
+            reply = UnmaskShares(cfg.round_id, me, self_shares, key_shares, sig)
+        else:
+            self_shares = tuple(RevealedShare(v, self._held[v][1]) for v in sorted(alive))
+            key_shares = tuple(RevealedShare(v, self._held[v][0]) for v in sorted(dead))
+            reply = UnmaskShares(cfg.round_id, me, self_shares, key_shares)
         self._revealed_self |= alive
         self._revealed_key |= dead
         self._held = {}
+        self._proofs = {}
         self._state = ClientState.DONE
-        return UnmaskShares(cfg.round_id, me, self_shares, key_shares)
+        return reply
+
+    def _seed_proof(self, v: int) -> tuple[bytes, ...]:
+        """The Merkle path of the seed share held from ``v``: the key share's path with the
+        key share's leaf as the sibling."""
+        key_leaf = share_leaf(self._config.round_id, v, self._id, KEY_SHARE, self._held[v][0])
+        return (key_leaf, *self._proofs[v][1:])
 
     def _on_abort(self, msg: Abort) -> None:
         self.abort_reason = msg.reason
@@ -559,6 +867,8 @@ class ClientSession:
         self._mask_sk = self._enc_sk = self._seed = None
         self._input = None
         self._held = {}
+        self._proofs = {}
+        self._dealt = self._tree = None
         self._share_keys_cache = {}
 
     def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
@@ -601,6 +911,11 @@ class ClientSession:
         :meth:`restore`); a failed session's :attr:`failure` is restored as a
         :class:`~secagg.errors.ProtocolError` with the same message.
         """
+        if self._active:
+            raise LocalProtocolError(
+                "active-mode sessions cannot be exported yet (their state holds the dealt shares and signatures); "
+                "keep the session in memory"
+            )
         w = _Writer()
         w.fixed(_STATE_MAGIC)
         w.u8(_STATE_VERSION)
@@ -787,6 +1102,7 @@ _SECRETS_IN: dict[ClientState, frozenset[str]] = {
     ClientState.DONE: frozenset(),
     ClientState.ABORTED: frozenset(),
     ClientState.FAILED: frozenset(),
+    ClientState.CHECKED: frozenset(),
 }
 
 

@@ -9,7 +9,9 @@ calls :meth:`ServerSession.receive <secagg.server.ServerSession.receive>` and
 One round::
 
     setup bytes ──► every client          (the RoundSpec or RoundConfig: stage 1 request)
-    for stage in advertise_keys, share_keys, masked_input, unmasking:
+    for stage in advertise_keys, share_keys, masked_input, consistency, unmasking:
+        (a stage the session does not run -- consistency in a semi-honest round -- is
+         skipped with an empty report)
         replies ◄── transport.exchange(stage, outbox, deadline)   one at a time
         session.receive(reply, sender=the transport's sender)     bad client => excluded
         outbox = session.close_stage()                            abort => notices, raise
@@ -19,12 +21,14 @@ Dropouts and exclusions are the session's bookkeeping; the driver reports them.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from secagg.crypto.prg import Masker
 from secagg.errors import ProtocolAbort, SecAggTypeError, SecAggValueError
+from secagg.identity import Alliance
 from secagg.messages import Abort, Message, RoundConfig, Stage
 from secagg.server import AggregateResult, ServerSession
 from secagg.transport import Outgoing, Transport
@@ -112,6 +116,8 @@ def drive_round(
     timer: Callable[[], float] = time.perf_counter,
     masker: Masker | None = None,
     on_stage: Callable[[StageReport], None] | None = None,
+    alliance: Alliance | None = None,
+    model_digest: str | None = None,
 ) -> DriverResult:
     """Run one round of ``config`` over ``transport``.
 
@@ -127,13 +133,20 @@ def drive_round(
         timer: the clock of the time counts (``time.perf_counter``).
         masker: optional :class:`~secagg.crypto.prg.Masker` for the server's unmasking.
         on_stage: called with each :class:`StageReport` as its stage closes.
+        alliance: the alliance's identity keys (required when ``config.active``): the
+            server checks every signature against it.
+        model_digest: the digest of the global model the round names (active mode: the
+            clients sign it, the server checks it); the round-spec fingerprint the clients
+            sign is SHA-256 of ``setup`` (:attr:`secagg.spec.RoundSpec.fingerprint`).
 
     Returns:
         The :class:`DriverResult`.
 
     Raises:
         ProtocolAbort: the survivors no longer satisfy the floor, the threshold or the
-            graph checks; ``.stage``, ``.dropped`` and ``.excluded`` say where and who.
+            graph checks, or (active mode) a dealer's signed shares disagree with its
+            commitment; ``.stage``, ``.dropped``, ``.excluded`` and ``.evidence`` say
+            where and who.
             The clients still taking part were sent the abort notice.
         SecAggTypeError, SecAggValueError: bad arguments.
     """
@@ -146,10 +159,21 @@ def drive_round(
     first = config.encode() if setup is None else setup
     if not isinstance(first, bytes):
         raise SecAggTypeError(f"setup must be bytes, got {type(first).__name__}")
-    session = ServerSession(config, auto_close=False, masker=masker)
+    fingerprint = hashlib.sha256(first).hexdigest()
+    session = ServerSession(
+        config,
+        auto_close=False,
+        masker=masker,
+        alliance=alliance,
+        spec_fingerprint=fingerprint if config.active else None,
+        model_digest=model_digest,
+    )
     reports: list[StageReport] = []
     outbox: Mapping[int, Message | bytes] = {c: first for c in range(1, config.n + 1)}
     for stage in Stage:
+        if session.stage is not stage:  # a stage this round does not run (semi-honest: consistency)
+            reports.append(StageReport(stage.value, (), (), (), {}, 0, 0, 0.0, 0.0))
+            continue
         t_stage = timer()
         cache: dict[int, bytes] = {}  # a broadcast (one roster object) is encoded once
         requests: list[Outgoing] = []
@@ -187,6 +211,7 @@ def drive_round(
                 stage=stage.value,
                 dropped=session.dropped,
                 excluded=excluded,
+                evidence=dict(exc.evidence),
             ) from exc
         server_s += timer() - t0
         report = _report(stage, requests, answered, session, up, down, timer() - t_stage, server_s)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "CryptoError",
+    "EquivocationError",
     "HeadroomError",
     "InconsistentSharesError",
     "LocalProtocolError",
@@ -21,6 +22,7 @@ __all__ = [
     "SecAggValueError",
     "SecurityViolation",
     "ShareError",
+    "SignatureError",
     "UnsafeParametersError",
 ]
 
@@ -42,6 +44,12 @@ class CryptoError(SecAggError):
 
     Treat the message as forged or corrupted; never retry with the same inputs.
     """
+
+
+class SignatureError(CryptoError):
+    """An Ed25519 signature did not verify against the alliance's key of the party it
+    names (or that party is not in the alliance).  The signed statement is forged or
+    corrupted; never act on it."""
 
 
 class ShareError(SecAggValueError):
@@ -114,6 +122,23 @@ class SecurityViolation(RemoteProtocolError):
     shares of one client); the refusing session fails and reveals nothing."""
 
 
+class EquivocationError(SecurityViolation):
+    """The server told two clients two different survivor sets in one round (it
+    equivocated).  Raised by a client that holds its own signed statement and another
+    client's validly signed, conflicting statement; the round ends for it and nothing is
+    revealed.
+
+    Attributes:
+        statements: the two conflicting :class:`secagg.identity.SignedStatement` (this
+            client's and the other's); anyone with the alliance can check both signatures
+            (:meth:`secagg.identity.SignedStatement.verify`) and see the sets differ.
+    """
+
+    def __init__(self, message: str, *, statements: tuple[object, ...] = (), stage: str | None = None) -> None:
+        super().__init__(message, client=0, stage=stage)
+        self.statements = tuple(statements)
+
+
 class ProtocolAbort(SecAggError):
     """The round cannot complete safely (too few survivors, a survivor graph piece
     below the cohort floor, unrecoverable secrets).  Nothing about individual inputs
@@ -123,6 +148,8 @@ class ProtocolAbort(SecAggError):
         stage: the stage whose closing aborted the round.
         dropped: per stage, the client ids that went silent.
         excluded: client id -> why it was excluded for misbehaviour.
+        evidence: client id -> :class:`secagg.identity.Evidence` of a provable fault
+            (active mode), e.g. a dealer whose signed shares disagree with its commitment.
     """
 
     def __init__(
@@ -132,9 +159,11 @@ class ProtocolAbort(SecAggError):
         stage: str | None = None,
         dropped: dict[str, tuple[int, ...]] | None = None,
         excluded: dict[int, str] | None = None,
+        evidence: dict[int, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = message
         self.stage = stage
         self.dropped: dict[str, tuple[int, ...]] = dict(dropped or {})
         self.excluded: dict[int, str] = dict(excluded or {})
+        self.evidence: dict[int, object] = dict(evidence or {})

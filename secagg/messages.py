@@ -40,6 +40,8 @@ __all__ = [
     "WIRE_VERSION",
     "Abort",
     "AdvertiseKeys",
+    "ConsistencyCheck",
+    "ConsistencyRequest",
     "EncryptedShare",
     "MaskedInput",
     "Message",
@@ -51,6 +53,7 @@ __all__ = [
     "ShareKeys",
     "SharePayload",
     "Stage",
+    "SurvivorSignature",
     "UnmaskRequest",
     "UnmaskShares",
     "decode_message",
@@ -58,26 +61,33 @@ __all__ = [
 ]
 
 MAGIC = b"SAgg"
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 ROUND_ID_MIN = 16
 ROUND_ID_MAX = 64
 MAX_CLIENTS = 2**32 - 1
 KEY_BYTES = 32
 MAX_REASON = 1024
+SIG_BYTES = 64
+HASH_BYTES = 32
+MAX_PROOF = 34  # Merkle path length of a share tree over 2 * (2^32 - 1) leaves
 
 _U8 = struct.Struct(">B")
 _U32 = struct.Struct(">I")
 _F64 = struct.Struct(">d")
 _ROSTER_ITEM = struct.Struct(">I32s32s")
+_SIGNED_ROSTER_ITEM = struct.Struct(">I32s32s32s32s64s")
 
 
 class Stage(str, Enum):
-    """The four client-to-server stages of a round, in order (the names used for
-    ``dropouts``, ``bytes_up``, ``bytes_down`` and ``timings``)."""
+    """The client-to-server stages of a round, in order (the names used for
+    ``dropouts``, ``bytes_up``, ``bytes_down`` and ``timings``).  ``consistency`` (the
+    survivors sign the survivor set they were told, Bonawitz et al. 2017) runs in active
+    mode only; a semi-honest round skips it (its report is empty)."""
 
     ADVERTISE_KEYS = "advertise_keys"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY = "consistency"
     UNMASKING = "unmasking"
 
 
@@ -181,6 +191,40 @@ def _check_key(name: str, v: object) -> None:
         raise MessageError(f"{name} must be {KEY_BYTES} raw bytes")
 
 
+def _check_fixed(name: str, v: object, size: int) -> None:
+    if not isinstance(v, bytes) or len(v) != size:
+        raise MessageError(f"{name} must be {size} bytes")
+
+
+def _check_signed(name: str, fields: tuple[object, ...], sizes: tuple[int, ...]) -> bool:
+    """Optional signed fields: all empty (semi-honest) or all of their sizes (active)."""
+    if all(isinstance(f, bytes) and f == b"" for f in fields):
+        return False
+    for f, size in zip(fields, sizes, strict=True):
+        _check_fixed(name, f, size)
+    return True
+
+
+def _check_proof(name: str, proof: object) -> None:
+    if not isinstance(proof, tuple) or len(proof) > MAX_PROOF:
+        raise MessageError(f"{name} must be a tuple of at most {MAX_PROOF} hashes")
+    for node in proof:
+        _check_fixed(f"{name} node", node, HASH_BYTES)
+
+
+def _write_proof(w: _Writer, proof: tuple[bytes, ...]) -> None:
+    w.u8(len(proof))
+    for node in proof:
+        w.fixed(node)
+
+
+def _read_proof(r: _Reader, what: str) -> tuple[bytes, ...]:
+    count = r.u8(f"length of {what}")
+    if count > MAX_PROOF:
+        raise MessageError(f"{what}: {count} nodes exceeds {MAX_PROOF}")
+    return tuple(r.fixed(HASH_BYTES, what) for _ in range(count))
+
+
 def _check_bytes(name: str, v: object, *, nonempty: bool = True) -> None:
     if not isinstance(v, bytes):
         raise MessageError(f"{name} must be bytes, got {type(v).__name__}")
@@ -279,6 +323,13 @@ class RoundConfig(Message):
         expected_survivors: neighbours of a client expected to survive to unmasking
             (from the threat model); a client refuses t above it.
         require_connected: the survivors' graph must be connected (default check).
+        max_dropouts: D, the largest number of clients the threat model lets drop before
+            the roster (stage 1); every client refuses a roster of fewer than
+            ``n - max_dropouts`` clients (:attr:`roster_floor`), so a server cannot shrink
+            the roster around a victim.  None (default): ``n - min_clients``.
+        active: active mode (signed advertisements, the consistency round, verified
+            shares); needs an :class:`~secagg.identity.Alliance`.  False: the semi-honest
+            protocol (an explicit opt-in).
     """
 
     TYPE: ClassVar[int] = 1
@@ -292,6 +343,8 @@ class RoundConfig(Message):
     min_clients: int
     expected_survivors: int
     require_connected: bool = True
+    max_dropouts: int | None = None
+    active: bool = False
 
     def _validate(self) -> None:
         _check_uint("n", self.n, 2, MAX_CLIENTS)
@@ -305,6 +358,22 @@ class RoundConfig(Message):
         _check_uint("expected_survivors", self.expected_survivors, 0, self.n - 1)
         if not isinstance(self.require_connected, bool):
             raise MessageError("require_connected must be a bool")
+        if self.max_dropouts is None:
+            object.__setattr__(self, "max_dropouts", self.n - self.min_clients)
+        _check_uint("max_dropouts", self.max_dropouts, 0, self.n - self.min_clients)
+        if not isinstance(self.active, bool):
+            raise MessageError("active must be a bool")
+
+    @property
+    def dropouts_allowed(self) -> int:
+        """D: the most clients that may be missing from the roster (an int after construction)."""
+        assert self.max_dropouts is not None
+        return self.max_dropouts
+
+    @property
+    def roster_floor(self) -> int:
+        """The smallest roster a client accepts: ``n - max_dropouts``."""
+        return self.n - self.dropouts_allowed
 
     @property
     def complete(self) -> bool:
@@ -328,6 +397,8 @@ class RoundConfig(Message):
         for v in (self.k, self.t, self.colluders, self.corrupt_neighbours, self.min_clients, self.expected_survivors):
             w.u32(v)
         w.u8(1 if self.require_connected else 0)
+        w.u32(self.dropouts_allowed)
+        w.u8(1 if self.active else 0)
 
     @classmethod
     def _read(cls, r: _Reader, round_id: bytes) -> RoundConfig:
@@ -340,31 +411,62 @@ class RoundConfig(Message):
         flag = r.u8("require_connected")
         if flag not in (0, 1):
             raise MessageError("require_connected flag must be 0 or 1")
-        return cls(round_id, n, d, bits, k, t, c, cn, m, e, bool(flag))
+        dropouts = r.u32("max_dropouts")
+        active = r.u8("active")
+        if active not in (0, 1):
+            raise MessageError("active flag must be 0 or 1")
+        return cls(round_id, n, d, bits, k, t, c, cn, m, e, bool(flag), dropouts, bool(active))
 
 
 @dataclass(frozen=True)
 class AdvertiseKeys(Message):
-    """Stage 1, client to server: two raw X25519 public keys (32 bytes each)."""
+    """Stage 1, client to server: two raw X25519 public keys (32 bytes each).  In active
+    mode also the commitment to the self-mask seed, the root of the dealt shares (32 bytes
+    each) and the client's Ed25519 signature of
+    :func:`secagg.identity.advertisement_statement` (64 bytes); empty in semi-honest mode."""
 
     TYPE: ClassVar[int] = 2
     sender: int
     mask_key: bytes
     enc_key: bytes
+    commitment: bytes = b""
+    share_root: bytes = b""
+    signature: bytes = b""
 
     def _validate(self) -> None:
         _check_id("sender", self.sender)
         _check_key("mask_key", self.mask_key)
         _check_key("enc_key", self.enc_key)
+        _check_signed("signed advertisement fields", (self.commitment, self.share_root, self.signature), _SIGNED_SIZES)
+
+    @property
+    def signed(self) -> bool:
+        """Whether the active-mode fields are present."""
+        return bool(self.signature)
 
     def _write(self, w: _Writer) -> None:
         w.u32(self.sender)
         w.fixed(self.mask_key)
         w.fixed(self.enc_key)
+        w.u8(1 if self.signed else 0)
+        if self.signed:
+            w.fixed(self.commitment)
+            w.fixed(self.share_root)
+            w.fixed(self.signature)
 
     @classmethod
     def _read(cls, r: _Reader, round_id: bytes) -> AdvertiseKeys:
-        return cls(round_id, r.u32("sender"), r.fixed(KEY_BYTES, "mask_key"), r.fixed(KEY_BYTES, "enc_key"))
+        sender, mask_key, enc_key = r.u32("sender"), r.fixed(KEY_BYTES, "mask_key"), r.fixed(KEY_BYTES, "enc_key")
+        flag = r.u8("signed flag")
+        if flag not in (0, 1):
+            raise MessageError("signed flag must be 0 or 1")
+        if not flag:
+            return cls(round_id, sender, mask_key, enc_key)
+        commitment, root = r.fixed(HASH_BYTES, "commitment"), r.fixed(HASH_BYTES, "share_root")
+        return cls(round_id, sender, mask_key, enc_key, commitment, root, r.fixed(SIG_BYTES, "signature"))
+
+
+_SIGNED_SIZES = (HASH_BYTES, HASH_BYTES, SIG_BYTES)
 
 
 @dataclass(frozen=True)
@@ -374,11 +476,20 @@ class RosterEntry:
     client_id: int
     mask_key: bytes
     enc_key: bytes
+    commitment: bytes = b""
+    share_root: bytes = b""
+    signature: bytes = b""
 
     def __post_init__(self) -> None:
         _check_id("roster client_id", self.client_id)
         _check_key("roster mask_key", self.mask_key)
         _check_key("roster enc_key", self.enc_key)
+        _check_signed("signed roster fields", (self.commitment, self.share_root, self.signature), _SIGNED_SIZES)
+
+    @property
+    def signed(self) -> bool:
+        """Whether the active-mode fields are present."""
+        return bool(self.signature)
 
 
 @dataclass(frozen=True)
@@ -391,33 +502,52 @@ class Roster(Message):
 
     def _validate(self) -> None:
         _check_items("clients", self.clients, RosterEntry, lambda e: e.client_id)
+        if len({e.signed for e in self.clients}) > 1:
+            raise MessageError("roster entries must all be signed (active mode) or all unsigned")
+
+    @property
+    def signed(self) -> bool:
+        """Whether the entries carry active-mode signatures."""
+        return bool(self.clients) and self.clients[0].signed
 
     def ids(self) -> tuple[int, ...]:
         """Client ids in the roster, ascending."""
         return tuple(e.client_id for e in self.clients)
 
     def _write(self, w: _Writer) -> None:
+        signed = self.signed
+        w.u8(1 if signed else 0)
         w.u32(len(self.clients))
         for e in self.clients:
             w.u32(e.client_id)
             w.fixed(e.mask_key)
             w.fixed(e.enc_key)
+            if signed:
+                w.fixed(e.commitment)
+                w.fixed(e.share_root)
+                w.fixed(e.signature)
 
     @classmethod
     def _read(cls, r: _Reader, round_id: bytes) -> Roster:
-        n = r.count("clients", _ROSTER_ITEM.size)
-        raw = bytes(r._take(n * _ROSTER_ITEM.size, "clients"))
+        flag = r.u8("signed flag")
+        if flag not in (0, 1):
+            raise MessageError("signed flag must be 0 or 1")
+        item = _SIGNED_ROSTER_ITEM if flag else _ROSTER_ITEM
+        n = r.count("clients", item.size)
+        if flag and n == 0:
+            raise MessageError("an empty roster is not signed")
+        raw = bytes(r._take(n * item.size, "clients"))
         # Bulk parse (every client decodes the whole roster): the fixed layout makes the
-        # key lengths right by construction; ids are range-checked here, order by the
+        # field lengths right by construction; ids are range-checked here, order by the
         # Roster constructor.
         entries = []
-        for cid, mask_key, enc_key in _ROSTER_ITEM.iter_unpack(raw):
-            if cid == 0:
+        names = ("client_id", "mask_key", "enc_key", "commitment", "share_root", "signature")
+        for fields in item.iter_unpack(raw):
+            if fields[0] == 0:
                 raise MessageError("roster client_id must be >= 1")
             e = object.__new__(RosterEntry)
-            object.__setattr__(e, "client_id", cid)
-            object.__setattr__(e, "mask_key", mask_key)
-            object.__setattr__(e, "enc_key", enc_key)
+            for name, value in zip(names, fields + (b"", b"", b"") * (not flag), strict=False):
+                object.__setattr__(e, name, value)
             entries.append(e)
         return cls(round_id, tuple(entries))
 
@@ -498,13 +628,17 @@ class ShareDelivery(Message):
 @dataclass(frozen=True)
 class SharePayload(Message):
     """Plaintext inside one AEAD ciphertext of stage 2: the sender's Shamir shares of its
-    mask private key and of its self-mask seed, for ``receiver`` (whose id is the x-coordinate)."""
+    mask private key and of its self-mask seed, for ``receiver`` (whose id is the
+    x-coordinate).  In active mode ``proof`` is the Merkle path of the key share's leaf
+    under the share root the sender signed in its advertisement (the seed share's path
+    is the same with the key share's leaf as first node); empty in semi-honest mode."""
 
     TYPE: ClassVar[int] = 6
     sender: int
     receiver: int
     key_share: bytes
     seed_share: bytes
+    proof: tuple[bytes, ...] = ()
 
     def _validate(self) -> None:
         _check_id("sender", self.sender)
@@ -513,16 +647,20 @@ class SharePayload(Message):
             raise MessageError("a client does not send shares to itself")
         _check_bytes("key_share", self.key_share)
         _check_bytes("seed_share", self.seed_share)
+        _check_proof("proof", self.proof)
 
     def _write(self, w: _Writer) -> None:
         w.u32(self.sender)
         w.u32(self.receiver)
         w.var(self.key_share)
         w.var(self.seed_share)
+        _write_proof(w, self.proof)
 
     @classmethod
     def _read(cls, r: _Reader, round_id: bytes) -> SharePayload:
-        return cls(round_id, r.u32("sender"), r.u32("receiver"), r.var("key_share"), r.var("seed_share"))
+        sender, receiver = r.u32("sender"), r.u32("receiver")
+        key_share, seed_share = r.var("key_share"), r.var("seed_share")
+        return cls(round_id, sender, receiver, key_share, seed_share, _read_proof(r, "proof"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -572,49 +710,129 @@ class MaskedInput(Message):
 
 
 @dataclass(frozen=True)
+class ConsistencyRequest(Message):
+    """Active mode, server to each client whose masked input arrived (after stage 3): the
+    survivor set, i.e. every client whose masked input is in the sum (sorted).  The
+    client signs it (:class:`ConsistencyCheck`)."""
+
+    TYPE: ClassVar[int] = 11
+    receiver: int
+    survivors: tuple[int, ...]
+
+    def _validate(self) -> None:
+        _check_id("receiver", self.receiver)
+        _check_id_tuple("survivors", self.survivors)
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(self.receiver)
+        _write_id_list(w, self.survivors)
+
+    @classmethod
+    def _read(cls, r: _Reader, round_id: bytes) -> ConsistencyRequest:
+        return cls(round_id, r.u32("receiver"), _read_id_list(r, "survivors"))
+
+
+@dataclass(frozen=True)
+class ConsistencyCheck(Message):
+    """Active mode, client to server: the client's Ed25519 signature of
+    :func:`secagg.identity.survivor_statement` over the survivor set it was sent."""
+
+    TYPE: ClassVar[int] = 12
+    sender: int
+    signature: bytes
+
+    def _validate(self) -> None:
+        _check_id("sender", self.sender)
+        _check_fixed("signature", self.signature, SIG_BYTES)
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(self.sender)
+        w.fixed(self.signature)
+
+    @classmethod
+    def _read(cls, r: _Reader, round_id: bytes) -> ConsistencyCheck:
+        return cls(round_id, r.u32("sender"), r.fixed(SIG_BYTES, "signature"))
+
+
+@dataclass(frozen=True)
+class SurvivorSignature:
+    """One client's signature of the survivor set (inside an :class:`UnmaskRequest`)."""
+
+    signer: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_id("signer", self.signer)
+        _check_fixed("survivor signature", self.signature, SIG_BYTES)
+
+
+def _write_id_list(w: _Writer, ids: tuple[int, ...]) -> None:
+    w.u32(len(ids))
+    for v in ids:
+        w.u32(v)
+
+
+def _read_id_list(r: _Reader, name: str) -> tuple[int, ...]:
+    n = r.count(name, 4)
+    return tuple(r.u32(name) for _ in range(n))
+
+
+@dataclass(frozen=True)
 class UnmaskRequest(Message):
-    """Server to a surviving client, stage 5: which of its neighbours survived (their
+    """Server to a surviving client, last stage: which of its neighbours survived (their
     self-mask shares are wanted) and which dropped after sharing keys (their mask-key
-    shares are wanted).  The two lists must partition the neighbours that shared keys."""
+    shares are wanted).  The two lists must partition the neighbours that shared keys.
+
+    Active mode adds the survivor set the client signed in the consistency round and the
+    survivors' signatures of it (sorted by signer); the client reveals only if enough of
+    them verify (see :mod:`secagg.client`).  Both are empty in semi-honest mode."""
 
     TYPE: ClassVar[int] = 8
     receiver: int
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    survivor_set: tuple[int, ...] = ()
+    signatures: tuple[SurvivorSignature, ...] = ()
 
     def _validate(self) -> None:
         _check_id("receiver", self.receiver)
         _check_id_tuple("survivors", self.survivors)
         _check_id_tuple("dropped", self.dropped)
+        _check_id_tuple("survivor_set", self.survivor_set)
+        _check_items("signatures", self.signatures, SurvivorSignature, lambda s: s.signer)
 
     def _write(self, w: _Writer) -> None:
         w.u32(self.receiver)
-        for ids in (self.survivors, self.dropped):
-            w.u32(len(ids))
-            for v in ids:
-                w.u32(v)
+        for ids in (self.survivors, self.dropped, self.survivor_set):
+            _write_id_list(w, ids)
+        w.u32(len(self.signatures))
+        for sig in self.signatures:
+            w.u32(sig.signer)
+            w.fixed(sig.signature)
 
     @classmethod
     def _read(cls, r: _Reader, round_id: bytes) -> UnmaskRequest:
         receiver = r.u32("receiver")
-        lists = []
-        for name in ("survivors", "dropped"):
-            n = r.count(name, 4)
-            lists.append(tuple(r.u32(name) for _ in range(n)))
-        return cls(round_id, receiver, lists[0], lists[1])
+        lists = [_read_id_list(r, name) for name in ("survivors", "dropped", "survivor_set")]
+        n = r.count("signatures", 4 + SIG_BYTES)
+        sigs = tuple(SurvivorSignature(r.u32("signer"), r.fixed(SIG_BYTES, "signature")) for _ in range(n))
+        return cls(round_id, receiver, lists[0], lists[1], lists[2], sigs)
 
 
 @dataclass(frozen=True)
 class RevealedShare:
     """A share of ``owner``'s secret (self-mask seed or mask private key), as bytes of
-    :meth:`secagg.shamir.Share.to_bytes`."""
+    :meth:`secagg.shamir.Share.to_bytes`; in active mode with its Merkle path under the
+    share root ``owner`` signed (empty in semi-honest mode)."""
 
     owner: int
     share: bytes
+    proof: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
         _check_id("share owner", self.owner)
         _check_bytes("share", self.share)
+        _check_proof("share proof", self.proof)
 
 
 def _write_revealed(w: _Writer, items: tuple[RevealedShare, ...]) -> None:
@@ -622,37 +840,57 @@ def _write_revealed(w: _Writer, items: tuple[RevealedShare, ...]) -> None:
     for it in items:
         w.u32(it.owner)
         w.var(it.share)
+        _write_proof(w, it.proof)
 
 
 def _read_revealed(r: _Reader) -> tuple[RevealedShare, ...]:
-    n = r.count("revealed shares", 8)
-    return tuple(RevealedShare(r.u32("owner"), r.var("share")) for _ in range(n))
+    n = r.count("revealed shares", 9)
+    return tuple(RevealedShare(r.u32("owner"), r.var("share"), _read_proof(r, "share proof")) for _ in range(n))
 
 
 @dataclass(frozen=True)
 class UnmaskShares(Message):
-    """Stage 5, client to server: self-mask shares of surviving neighbours and mask-key
-    shares of dropped neighbours (never both for one owner)."""
+    """Last stage, client to server: self-mask shares of surviving neighbours and mask-key
+    shares of dropped neighbours (never both for one owner).  In active mode ``signature``
+    is the sender's Ed25519 signature of :func:`secagg.identity.reveal_statement` over this
+    message's encoding with an empty signature (so a revealed share the dealer did not
+    sign proves the holder altered it); empty in semi-honest mode."""
 
     TYPE: ClassVar[int] = 9
     sender: int
     self_shares: tuple[RevealedShare, ...]
     key_shares: tuple[RevealedShare, ...]
+    signature: bytes = b""
 
     def _validate(self) -> None:
         _check_id("sender", self.sender)
         _check_items("self_shares", self.self_shares, RevealedShare, lambda s: s.owner)
         _check_items("key_shares", self.key_shares, RevealedShare, lambda s: s.owner)
+        if self.signature != b"":
+            _check_fixed("signature", self.signature, SIG_BYTES)
+
+    def unsigned(self) -> bytes:
+        """The canonical encoding with an empty signature (what the sender signs)."""
+        if not self.signature:
+            return self.encode()
+        return UnmaskShares(self.round_id, self.sender, self.self_shares, self.key_shares).encode()
 
     def _write(self, w: _Writer) -> None:
         w.u32(self.sender)
         _write_revealed(w, self.self_shares)
         _write_revealed(w, self.key_shares)
+        w.u8(1 if self.signature else 0)
+        if self.signature:
+            w.fixed(self.signature)
 
     @classmethod
     def _read(cls, r: _Reader, round_id: bytes) -> UnmaskShares:
         sender = r.u32("sender")
-        return cls(round_id, sender, _read_revealed(r), _read_revealed(r))
+        own, keys = _read_revealed(r), _read_revealed(r)
+        flag = r.u8("signed flag")
+        if flag not in (0, 1):
+            raise MessageError("signed flag must be 0 or 1")
+        return cls(round_id, sender, own, keys, r.fixed(SIG_BYTES, "signature") if flag else b"")
 
 
 @dataclass(frozen=True)
@@ -695,6 +933,8 @@ _TYPES: dict[int, type[Message]] = {
         UnmaskRequest,
         UnmaskShares,
         Abort,
+        ConsistencyRequest,
+        ConsistencyCheck,
     )
 }
 

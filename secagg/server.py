@@ -26,13 +26,29 @@ Stages (Bonawitz et al. CCS 2017 with the SecAgg+ graph of Bell et al. CCS 2020)
    ``min_clients`` survivors, every connected piece of the survivors' graph at least
    ``min_clients`` large (and one piece when ``require_connected``), and enough
    surviving holders for every secret that must be reconstructed;
-4. collect :class:`~secagg.messages.UnmaskShares`; on close, reconstruct the self-mask
+4. (active mode only) send every survivor the survivor set
+   (:class:`~secagg.messages.ConsistencyRequest`) and collect their signatures of it
+   (:class:`~secagg.messages.ConsistencyCheck`); on close, check that every secret to be
+   reconstructed still has t holders among the signers, and send each signer its
+   unmasking request with the signatures;
+5. collect :class:`~secagg.messages.UnmaskShares`; on close, reconstruct the self-mask
    seeds of the survivors and the mask keys of neighbours that dropped after sharing
    keys (only those with a surviving neighbour), remove the masks of the affected pairs
    only, and publish :attr:`ServerSession.result`.
 
 When a round cannot complete safely, :class:`~secagg.errors.ProtocolAbort` is raised
 (state ABORTED) and :meth:`ServerSession.abort_messages` gives the notices to send.
+
+Active mode (``config.active``, with the alliance): every advertisement's signature is
+checked (a bad one excludes its sender), every consistency signature, every unmasking
+reply's signature and every revealed share's Merkle path under the share root its dealer
+signed.  A holder whose signed reply reveals a share its dealer did not sign is excluded
+with provable evidence (:attr:`ServerSession.evidence`); each secret is rebuilt from t
+dealer-signed shares and checked against the dealer's commitment (seed) or advertised
+public key (mask key); a mismatch proves the dealer signed bad shares, and the round
+aborts with that evidence (its masked input is already in the sum and cannot be taken
+out).  So the outcome is the exact sum, an exclusion with evidence and the exact sum of
+the rest, or a typed abort; never a wrong sum, never an honest client blamed.
 """
 
 from __future__ import annotations
@@ -58,11 +74,27 @@ from secagg.errors import (
     RemoteProtocolError,
     SecAggError,
     SecAggTypeError,
+    SecAggValueError,
     ShareError,
+)
+from secagg.identity import (
+    KEY_SHARE,
+    SEED_SHARE,
+    Alliance,
+    Evidence,
+    SignedStatement,
+    advertisement_statement,
+    reveal_statement,
+    seed_commitment,
+    share_leaf,
+    survivor_statement,
+    verify_share_proof,
 )
 from secagg.messages import (
     Abort,
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencyRequest,
     EncryptedShare,
     MaskedInput,
     Message,
@@ -72,6 +104,7 @@ from secagg.messages import (
     ShareDelivery,
     ShareKeys,
     Stage,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
     decode_message,
@@ -90,6 +123,7 @@ class ServerState(str, Enum):
     COLLECT_KEYS = "collect_keys"
     COLLECT_SHARES = "collect_shares"
     COLLECT_MASKED = "collect_masked"
+    COLLECT_CONSISTENCY = "collect_consistency"
     COLLECT_UNMASK = "collect_unmask"
     DONE = "done"
     ABORTED = "aborted"
@@ -100,6 +134,7 @@ SERVER_TRANSITIONS: dict[tuple[ServerState, type[Message]], str] = {
     (ServerState.COLLECT_KEYS, AdvertiseKeys): "_on_keys",
     (ServerState.COLLECT_SHARES, ShareKeys): "_on_shares",
     (ServerState.COLLECT_MASKED, MaskedInput): "_on_masked",
+    (ServerState.COLLECT_CONSISTENCY, ConsistencyCheck): "_on_consistency",
     (ServerState.COLLECT_UNMASK, UnmaskShares): "_on_unmask",
 }
 
@@ -107,6 +142,7 @@ _STAGE_OF = {
     ServerState.COLLECT_KEYS: Stage.ADVERTISE_KEYS,
     ServerState.COLLECT_SHARES: Stage.SHARE_KEYS,
     ServerState.COLLECT_MASKED: Stage.MASKED_INPUT,
+    ServerState.COLLECT_CONSISTENCY: Stage.CONSISTENCY,
     ServerState.COLLECT_UNMASK: Stage.UNMASKING,
 }
 #: The stage each client-to-server message belongs to.
@@ -114,6 +150,7 @@ _STAGE_OF_MESSAGE: dict[type[Message], Stage] = {
     AdvertiseKeys: Stage.ADVERTISE_KEYS,
     ShareKeys: Stage.SHARE_KEYS,
     MaskedInput: Stage.MASKED_INPUT,
+    ConsistencyCheck: Stage.CONSISTENCY,
     UnmaskShares: Stage.UNMASKING,
 }
 _STAGE_INDEX = {s: i for i, s in enumerate(Stage)}
@@ -134,7 +171,15 @@ class AggregateResult:
         recovered_keys: ids whose mask key was reconstructed (dropped after sharing keys
             with a surviving neighbour).
         excluded: ids excluded for misbehaviour -> one-line reason (stage and fault);
-            dropouts are in ``dropped`` instead.
+            dropouts are in ``dropped`` instead.  A client excluded at the unmasking
+            stage (its revealed shares were refused) stays in ``survivors``: its masked
+            input is in the sum and its self mask was removed with the others' shares.
+        evidence: ids excluded -> :class:`~secagg.identity.Evidence` (``provable`` says
+            whether the signed statements alone prove the fault).
+        active: whether the round ran in active mode (False: the semi-honest protocol).
+        survivor_signatures: active mode: the survivors' signatures of the survivor set
+            (the consistency round), as :class:`~secagg.identity.SignedStatement`.
+        advertisements: active mode: the signed advertisements of the roster.
     """
 
     aggregate: npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
@@ -142,6 +187,18 @@ class AggregateResult:
     dropped: dict[str, tuple[int, ...]]
     recovered_keys: tuple[int, ...]
     excluded: dict[int, str] = field(default_factory=dict)
+    evidence: dict[int, Evidence] = field(default_factory=dict)
+    active: bool = False
+    survivor_signatures: tuple[SignedStatement, ...] = ()
+    advertisements: tuple[SignedStatement, ...] = ()
+
+
+class _Blame(MessageError):
+    """A client fault with evidence (raised by a handler; the client is excluded)."""
+
+    def __init__(self, message: str, evidence: Evidence) -> None:
+        super().__init__(message)
+        self.evidence = evidence
 
 
 class ServerSession:
@@ -162,13 +219,36 @@ class ServerSession:
         auto_close: close a stage as soon as every awaited client has answered.
         masker: optional :class:`~secagg.crypto.prg.Masker` of matching ``d``/``bits``
             to reuse its buffers.
+        alliance: active mode (required when ``config.active``): the alliance's identity keys.
+        spec_fingerprint: active mode: :attr:`secagg.spec.RoundSpec.fingerprint` (hex) of
+            the round, which every client signs.
+        model_digest: the digest (hex) of the global model the round names, or None.
 
     Raises:
         UnsafeParametersError: unsafe parameters (same check as the clients).
+        SecAggValueError: an active config without alliance or fingerprint.
     """
 
-    def __init__(self, config: RoundConfig, *, auto_close: bool = True, masker: Masker | None = None) -> None:
+    def __init__(
+        self,
+        config: RoundConfig,
+        *,
+        auto_close: bool = True,
+        masker: Masker | None = None,
+        alliance: Alliance | None = None,
+        spec_fingerprint: str | None = None,
+        model_digest: str | None = None,
+    ) -> None:
         check_config(config)
+        self._active = config.active
+        self._alliance = alliance
+        self._fp = b""
+        self._md = b""
+        if config.active:
+            if not isinstance(alliance, Alliance):
+                raise SecAggValueError("an active round needs the alliance (secagg.Alliance) at the server")
+            self._fp = _hex_digest("spec_fingerprint", spec_fingerprint)
+            self._md = b"" if model_digest is None else _hex_digest("model_digest", model_digest)
         self._config = config
         self._auto = bool(auto_close)
         self._masker = masker
@@ -192,6 +272,12 @@ class ServerSession:
         self._excluded: dict[int, RemoteProtocolError] = {}
         self._ignored: list[tuple[int | None, str]] = []
         self._participants: set[int] = set(self._awaited)  # who gets an Abort notice
+        self._evidence: dict[int, Evidence] = {}
+        self._u4: set[int] = set()
+        self._survivor_set: tuple[int, ...] = ()
+        self._survivor_sigs: dict[int, bytes] = {}
+        self._reveals: dict[int, SignedStatement] = {}
+        self._share_proofs: dict[tuple[int, int, int], tuple[bytes, ...]] = {}  # (owner, holder, kind)
 
     # -- read-only views ---------------------------------------------------------------
 
@@ -235,6 +321,17 @@ class ServerSession:
     def excluded(self) -> dict[int, RemoteProtocolError]:
         """Clients excluded for misbehaviour: id -> the error (``.stage``, ``.client``, reason)."""
         return dict(self._excluded)
+
+    @property
+    def evidence(self) -> dict[int, Evidence]:
+        """Excluded clients -> :class:`~secagg.identity.Evidence` of why (every exclusion
+        has one; ``provable`` says whether its signed statements prove the fault)."""
+        return dict(self._evidence)
+
+    @property
+    def active(self) -> bool:
+        """Whether this round runs in active mode."""
+        return self._active
 
     @property
     def ignored(self) -> tuple[tuple[int | None, str], ...]:
@@ -320,7 +417,7 @@ class ServerSession:
         try:
             handler(message)
         except SecAggError as exc:
-            self._exclude(who, stage, str(exc))
+            self._exclude(who, stage, str(exc), getattr(exc, "evidence", None))
             return self._maybe_close()
         self._answered[who] = _SUMMED if isinstance(message, MaskedInput) else message
         self._awaited.discard(who)
@@ -342,6 +439,7 @@ class ServerSession:
             ServerState.COLLECT_KEYS: self._close_keys,
             ServerState.COLLECT_SHARES: self._close_shares,
             ServerState.COLLECT_MASKED: self._close_masked,
+            ServerState.COLLECT_CONSISTENCY: self._close_consistency,
             ServerState.COLLECT_UNMASK: self._close_unmask,
         }.get(self._state)
         if closer is None:
@@ -369,13 +467,14 @@ class ServerSession:
     def _ignore(self, who: int | None, why: str) -> None:
         self._ignored.append((who, why))
 
-    def _exclude(self, who: int | None, stage: Stage, why: str) -> None:
+    def _exclude(self, who: int | None, stage: Stage, why: str, evidence: Evidence | None = None) -> None:
         """Treat ``who`` as dropped at ``stage`` and remember why; forget what it sent."""
         if who is None or who not in self._participants or who in self._excluded:
             self._ignore(who, f"unattributable: {why}")
             return
         err = RemoteProtocolError(f"client {who}, stage {stage.value}: {why}", client=who, stage=stage.value)
         self._excluded[who] = err
+        self._evidence[who] = evidence if evidence is not None else Evidence(who, stage.value, why, provable=False)
         self._awaited.discard(who)
         self._answered.pop(who, None)
         self._participants.discard(who)
@@ -386,14 +485,30 @@ class ServerSession:
                     del self._key_owner[k]
         elif stage is Stage.SHARE_KEYS:
             self._bundles.pop(who, None)
+        elif stage is Stage.CONSISTENCY:
+            self._survivor_sigs.pop(who, None)
         elif stage is Stage.UNMASKING:
             for pool in (self._self_shares, self._key_shares):
                 for held in pool.values():
                     held.pop(who, None)
+            self._reveals.pop(who, None)
 
     # -- stage 1 ------------------------------------------------------------------------
 
+    def _advert_statement(self, msg: AdvertiseKeys | RosterEntry) -> bytes:
+        cid = msg.sender if isinstance(msg, AdvertiseKeys) else msg.client_id
+        cfg = self._config
+        return advertisement_statement(
+            cfg.round_id, self._fp, self._md, cid, msg.mask_key, msg.enc_key, msg.commitment, msg.share_root
+        )
+
     def _on_keys(self, msg: AdvertiseKeys) -> None:
+        if msg.signed != self._active:
+            mode = "an active" if self._active else "a semi-honest"
+            raise MessageError(f"advertisement is {'' if msg.signed else 'not '}signed in {mode} round")
+        if self._active:
+            assert self._alliance is not None
+            self._alliance.verify(msg.sender, self._advert_statement(msg), msg.signature)
         if msg.mask_key == msg.enc_key:
             raise MessageError("advertised the same public key for masking and for share encryption")
         for key in (msg.mask_key, msg.enc_key):
@@ -410,8 +525,20 @@ class ServerSession:
         self._participants = set(ids)
         if len(ids) < cfg.min_clients:
             raise self._abort(f"only {len(ids)} clients advertised keys, below min_clients={cfg.min_clients}")
+        if len(ids) < cfg.roster_floor:
+            raise self._abort(
+                f"only {len(ids)} clients advertised keys, below the roster floor n - D = {cfg.roster_floor} "
+                "every client enforces"
+            )
+        keys = self._keys
         roster = Roster(
-            cfg.round_id, tuple(RosterEntry(c, self._keys[c].mask_key, self._keys[c].enc_key) for c in ids)
+            cfg.round_id,
+            tuple(
+                RosterEntry(
+                    c, keys[c].mask_key, keys[c].enc_key, keys[c].commitment, keys[c].share_root, keys[c].signature
+                )
+                for c in ids
+            ),
         )
         graph = roster_graph(cfg, roster)
         low = min(len(nb) for nb in graph.values())
@@ -505,17 +632,67 @@ class ServerSession:
                 raise self._abort(
                     f"dropped client {v}'s mask key has {len(alive)} surviving holders, fewer than t={cfg.t}"
                 )
+        self._u3 = set(u3)
+        self._awaited = set(u3)
+        if self._active:
+            self._survivor_set = tuple(sorted(u3))
+            self._state = ServerState.COLLECT_CONSISTENCY
+            return {u: ConsistencyRequest(cfg.round_id, u, self._survivor_set) for u in sorted(u3)}
         out: dict[int, Message] = {}
         for u in sorted(u3):
             req = UnmaskRequest(cfg.round_id, u, tuple(sorted(sub[u])), tuple(sorted((graph[u] & u2) - u3)))
             self._requests[u] = req
             out[u] = req
-        self._u3 = set(u3)
-        self._awaited = set(u3)
         self._state = ServerState.COLLECT_UNMASK
         return out
 
-    # -- stage 4 ------------------------------------------------------------------------
+    # -- stage 4 (active mode): consistency ------------------------------------------------
+
+    def _survivor_statement(self, signer: int) -> bytes:
+        return survivor_statement(self._config.round_id, self._fp, self._md, signer, self._survivor_set)
+
+    def _on_consistency(self, msg: ConsistencyCheck) -> None:
+        assert self._alliance is not None
+        self._alliance.verify(msg.sender, self._survivor_statement(msg.sender), msg.signature)
+        self._survivor_sigs[msg.sender] = msg.signature
+
+    def _close_consistency(self) -> dict[int, Message]:
+        cfg, graph, u2, u3 = self._config, self._graph, self._u2, frozenset(self._u3)
+        u4 = frozenset(self._survivor_sigs)
+        self._participants = set(u4)
+        if len(u4) < cfg.min_clients:
+            raise self._abort(f"only {len(u4)} survivors signed the survivor set, below min_clients={cfg.min_clients}")
+        # Every client reveals only after t signatures from the neighbours of each peer it
+        # reveals about: check that every secret still has t signing holders.
+        for u in sorted(u3):
+            if len(graph[u] & u4) < cfg.t:
+                raise self._abort(
+                    f"client {u}'s self mask has {len(graph[u] & u4)} holders that signed the survivor set, "
+                    f"fewer than t={cfg.t}"
+                )
+        for v in sorted(u2 - u3):
+            if graph[v] & u3 and len(graph[v] & u4) < cfg.t:
+                raise self._abort(
+                    f"dropped client {v}'s mask key has {len(graph[v] & u4)} holders that signed the survivor "
+                    f"set, fewer than t={cfg.t}"
+                )
+        out: dict[int, Message] = {}
+        for u in sorted(u4):
+            alive = tuple(sorted(graph[u] & u3))
+            dead = tuple(sorted((graph[u] & u2) - u3))
+            wanted: set[int] = set()
+            for v in (*alive, *dead):
+                wanted |= graph[v] & u4
+            sigs = tuple(SurvivorSignature(w, self._survivor_sigs[w]) for w in sorted(wanted))
+            req = UnmaskRequest(cfg.round_id, u, alive, dead, self._survivor_set, sigs)
+            self._requests[u] = req
+            out[u] = req
+        self._u4 = set(u4)
+        self._awaited = set(u4)
+        self._state = ServerState.COLLECT_UNMASK
+        return out
+
+    # -- last stage: unmasking ----------------------------------------------------------
 
     def _on_unmask(self, msg: UnmaskShares) -> None:
         req = self._requests[msg.sender]
@@ -530,10 +707,78 @@ class ServerSession:
         want = SECRET_BYTES
         if any(sh.secret_length != want for sh in (*own, *keys)):
             raise MessageError(f"a revealed share is not a share of a {want}-byte secret")
+        if self._active:
+            self._check_reveal(msg)
+        elif msg.signature or any(s.proof for s in (*msg.self_shares, *msg.key_shares)):
+            raise MessageError("signed shares in a semi-honest round")
         for s, sh in zip(msg.self_shares, own, strict=True):
             self._self_shares.setdefault(s.owner, {})[msg.sender] = sh
         for s, sh in zip(msg.key_shares, keys, strict=True):
             self._key_shares.setdefault(s.owner, {})[msg.sender] = sh
+
+    def _check_reveal(self, msg: UnmaskShares) -> None:
+        """Active mode: the reply's signature, then every share's Merkle path under the
+        share root its dealer signed.  A bad path in a validly signed reply proves that the
+        holder revealed a share its dealer never dealt (an honest holder checked every path
+        on receipt)."""
+        cfg, alliance, roster = self._config, self._alliance, self._roster
+        assert alliance is not None and roster is not None
+        if not msg.signature:
+            raise MessageError("unmasking reply is not signed in an active round")
+        statement = reveal_statement(cfg.round_id, self._fp, self._md, msg.unsigned())
+        alliance.verify(msg.sender, statement, msg.signature)
+        signed = SignedStatement(msg.sender, statement, msg.signature)
+        entries = {e.client_id: e for e in roster.clients}
+        for kind, items in ((SEED_SHARE, msg.self_shares), (KEY_SHARE, msg.key_shares)):
+            for s in items:
+                dealer = entries[s.owner]
+                leaf = share_leaf(cfg.round_id, s.owner, msg.sender, kind, s.share)
+                if not verify_share_proof(dealer.share_root, leaf, msg.sender, kind, s.proof, cfg.n):
+                    what = "self-mask seed" if kind == SEED_SHARE else "mask key"
+                    why = f"revealed a share of client {s.owner}'s {what} that client {s.owner} did not sign"
+                    ad = SignedStatement(s.owner, self._advert_statement(dealer), dealer.signature)
+                    ev = Evidence(msg.sender, Stage.UNMASKING.value, why, True, (signed, ad))
+                    raise _Blame(why, ev)
+        for kind, items in ((SEED_SHARE, msg.self_shares), (KEY_SHARE, msg.key_shares)):
+            for s in items:
+                self._share_proofs[(s.owner, msg.sender, kind)] = s.proof
+        self._reveals[msg.sender] = signed
+
+    def _reconstruct_signed(self, owner: int, pool: dict[int, _shamir.Share], kind: int) -> bytes:
+        """Active mode: the secret from t dealer-signed shares (any t: they were all checked
+        against the dealer's share root), checked against the dealer's commitment (seed)
+        or advertised public key (mask key); a mismatch proves the dealer signed shares of
+        another secret, and the round aborts with that evidence."""
+        cfg, roster = self._config, self._roster
+        assert roster is not None
+        t = cfg.t
+        what = "self-mask seed" if kind == SEED_SHARE else "mask key"
+        holders = sorted(pool)
+        if len(holders) < t:
+            raise self._abort(f"only {len(holders)} shares of client {owner}'s {what}, fewer than t={t}")
+        used = holders[:t]
+        entry = next(e for e in roster.clients if e.client_id == owner)
+        try:
+            secret = _shamir.combine([pool[h] for h in used], t)
+            ok = (
+                seed_commitment(cfg.round_id, owner, secret) == entry.commitment
+                if kind == SEED_SHARE
+                else _keys.public_key(secret) == entry.mask_key
+            )
+        except (ShareError, SecAggValueError):
+            ok = False
+        if ok:
+            return secret
+        why = f"the {t} shares of its {what} it signed do not rebuild the {what} it committed to"
+        statements = [SignedStatement(owner, self._advert_statement(entry), entry.signature)]
+        statements += [self._reveals[h] for h in used]
+        detail = (("holders", ",".join(map(str, used))),)
+        ev = Evidence(owner, Stage.UNMASKING.value, why, True, tuple(statements), detail)
+        self._evidence[owner] = ev
+        self._excluded[owner] = RemoteProtocolError(
+            f"client {owner}, stage {Stage.UNMASKING.value}: {why}", client=owner, stage=Stage.UNMASKING.value
+        )
+        raise self._abort(f"client {owner} dealt bad shares: {why}", evidence={owner: ev})
 
     def _reconstruct(self, owner: int, pool: dict[int, _shamir.Share], what: str) -> bytes:
         """Secret of ``owner`` from its revealed shares (in holder order): t + 1 shares when
@@ -560,9 +805,15 @@ class ServerSession:
         masked_keys = {e.client_id: e.mask_key for e in self._roster.clients}
         needed = sorted(v for v in self._u2 - self._u3 if graph[v] & self._u3)
         # Reconstruct every secret first: abort before touching the running sum.
-        seeds = {u: self._reconstruct(u, self._self_shares.get(u, {}), "self-mask seed") for u in u3}
+        if self._active:
+            seeds = {u: self._reconstruct_signed(u, self._self_shares.get(u, {}), SEED_SHARE) for u in u3}
+        else:
+            seeds = {u: self._reconstruct(u, self._self_shares.get(u, {}), "self-mask seed") for u in u3}
         sks: dict[int, bytes] = {}
         for v in needed:
+            if self._active:
+                sks[v] = self._reconstruct_signed(v, self._key_shares.get(v, {}), KEY_SHARE)
+                continue
             sk = self._reconstruct(v, self._key_shares.get(v, {}), "mask key")
             if _keys.public_key(sk) != masked_keys[v]:
                 raise self._abort(f"client {v}'s reconstructed mask key does not match its advertised public key")
@@ -584,16 +835,37 @@ class ServerSession:
         reduce_inplace(acc, cfg.bits)
         self._acc = None
         excluded = {c: str(e) for c, e in sorted(self._excluded.items())}
-        self.result = AggregateResult(acc, tuple(u3), dict(self._dropped), tuple(needed), excluded)
+        sigs: tuple[SignedStatement, ...] = ()
+        ads: tuple[SignedStatement, ...] = ()
+        if self._active:
+            sigs = tuple(
+                SignedStatement(w, self._survivor_statement(w), sig) for w, sig in sorted(self._survivor_sigs.items())
+            )
+            ads = tuple(
+                SignedStatement(e.client_id, self._advert_statement(e), e.signature) for e in self._roster.clients
+            )
+        self.result = AggregateResult(
+            acc, tuple(u3), dict(self._dropped), tuple(needed), excluded, dict(sorted(self._evidence.items())),
+            self._active, sigs, ads,
+        )  # fmt: skip
         self._self_shares, self._key_shares = {}, {}
         self._state = ServerState.DONE
         return {}
 
     # -- abort -------------------------------------------------------------------------
 
-    def _abort(self, reason: str) -> ProtocolAbort:
+    def _abort(self, reason: str, *, evidence: dict[int, Evidence] | None = None) -> ProtocolAbort:
         self._state = ServerState.ABORTED
         self.abort_reason = reason
         self._acc = None
         self._bundles, self._self_shares, self._key_shares = {}, {}, {}
-        return ProtocolAbort(reason)
+        exc = ProtocolAbort(reason, evidence=dict(evidence or {}))
+        exc.excluded = {c: str(e) for c, e in self._excluded.items()}
+        return exc
+
+
+def _hex_digest(name: str, value: object) -> bytes:
+    """A SHA-256 hex digest (64 lowercase hex characters) as 32 bytes."""
+    if not isinstance(value, str) or len(value) != 64 or any(ch not in "0123456789abcdef" for ch in value):
+        raise SecAggValueError(f"{name} must be a SHA-256 hex digest (64 lowercase hex characters)")
+    return bytes.fromhex(value)

@@ -6,6 +6,10 @@ per client and one :class:`~secagg.server.ServerSession`, and carries every mess
 bytes (encode, count, decode) so ``bytes_up``/``bytes_down`` are the real wire sizes.
 It is also the only place that reads a clock (``time.perf_counter``, for ``timings``).
 
+By default the round runs in **active mode** (signed identities generated for the
+simulation, the consistency round, verified shares); ``active=False`` runs the
+semi-honest protocol (an explicit opt-in, recorded in :attr:`RoundResult.active`).
+
 Memory: masked inputs are streamed into the server one at a time and inputs given as a
 callable are produced one at a time, so a round at n = 1000, d = 10^6 holds O(d) values
 (plus one client's vector), never n * d.
@@ -13,6 +17,7 @@ callable are produced one at a time, so a round at n = 1000, d = 10^6 holds O(d)
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +30,7 @@ from secagg.client import ClientSession, check_config, check_input
 from secagg.crypto.prg import Masker
 from secagg.driver import STAGES, drive_round
 from secagg.errors import SecAggTypeError, SecAggValueError
+from secagg.identity import Alliance, Evidence, IdentityKey, generate_alliance
 from secagg.messages import RoundConfig, ShareDelivery, Stage, decode_message
 from secagg.rand import RandomSource, RngLike, as_random_source
 from secagg.ring import check_bits
@@ -61,6 +67,8 @@ class RoundResult:
         params: the :class:`~secagg.graph.GraphParameters` the parameters came from.
         excluded: index -> one-line reason, for clients the server excluded for
             misbehaviour (their input is not in the sum; dropouts are in ``dropped``).
+        active: whether the round ran in active mode (False: semi-honest, opted in).
+        evidence: index -> :class:`~secagg.identity.Evidence` of each exclusion.
     """
 
     aggregate: npt.NDArray[np.uint64]
@@ -79,6 +87,8 @@ class RoundResult:
     config: RoundConfig = field(repr=False)
     params: _graph.GraphParameters | None = field(repr=False, default=None)
     excluded: dict[int, str] = field(default_factory=dict)
+    active: bool = False
+    evidence: dict[int, Evidence] = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
@@ -179,6 +189,7 @@ def simulate_round(  # noqa: PLR0917 - the contract's positional names
     require_connected: bool = True,
     rng: RngLike = None,
     workers: int = 1,
+    active: bool = True,
 ) -> RoundResult:
     """Run one secure-aggregation round through real sessions and an in-memory network.
 
@@ -202,6 +213,8 @@ def simulate_round(  # noqa: PLR0917 - the contract's positional names
         corrupt_fraction: tolerated corrupt fraction for the automatic k.
         require_connected: abort when the survivors' graph is disconnected (default).
         rng: alternative to ``seed``: any :data:`secagg.rand.RngLike`.
+        active: True (default): active mode, with an Ed25519 identity generated for each
+            simulated client and their alliance; False: the semi-honest protocol.
         workers: 1 (default) runs everything in this process; ``w > 1`` forks ``w``
             worker processes (POSIX) that run the clients of each stage in parallel and
             expand the server's unmasking masks over coordinate ranges
@@ -252,6 +265,7 @@ def simulate_round(  # noqa: PLR0917 - the contract's positional names
         corrupt_fraction=corrupt_fraction,
         require_connected=require_connected,
         rng=master,
+        active=active,
     )
     return _drive(cfg, params, get, drop, master, workers=workers)
 
@@ -263,7 +277,8 @@ def run_simulation(
     rng: RngLike = None,
 ) -> RoundResult:
     """Drive one round with a ready-made :class:`~secagg.messages.RoundConfig` (for
-    example one received from a server, or hand-made for tests).
+    example one received from a server, or hand-made for tests); an active config gets
+    generated identities.
 
     ``inputs`` and ``dropouts`` are as in :func:`simulate_round` (a callable is called
     as ``inputs(i)`` for the 0-based index i); ``rng`` seeds every client.
@@ -284,16 +299,44 @@ class _SimClient:
     :class:`~secagg.client.ClientSession` fed the bytes that reach it.  The first message
     is the round's :class:`~secagg.spec.RoundSpec` (or a bare RoundConfig)."""
 
-    def __init__(self, cid: int, seed: bytes, get: Callable[[int], object], masker: Masker, spent: list[float]) -> None:
+    def __init__(  # noqa: PLR0917 - internal
+        self,
+        cid: int,
+        seed: bytes,
+        get: Callable[[int], object],
+        masker: Masker,
+        spent: list[float],
+        identity: IdentityKey | None = None,
+        alliance: Alliance | None = None,
+    ) -> None:
         self._cid, self._seed, self._get, self._masker = cid, seed, get, masker
+        self._identity, self._alliance = identity, alliance
         self._session: ClientSession | None = None
         self._spent = spent  # seconds spent producing inputs (not protocol time)
 
     def __call__(self, stage: Stage, data: bytes) -> bytes | None:
         if self._session is None:
-            cfg = RoundSpec.from_bytes(data).protocol if data[:1] == b"{" else decode_message(data, RoundConfig)
+            if data[:1] == b"{":
+                spec = RoundSpec.from_bytes(data)
+                cfg: object = spec.protocol
+                fingerprint, digest = spec.fingerprint, spec.model_digest
+            else:
+                cfg = decode_message(data, RoundConfig)
+                fingerprint, digest = hashlib.sha256(data).hexdigest(), None
             assert isinstance(cfg, RoundConfig)
-            self._session = ClientSession(cfg, self._cid, self._seed, masker=self._masker)
+            if cfg.active:
+                self._session = ClientSession(
+                    cfg,
+                    self._cid,
+                    self._seed,
+                    masker=self._masker,
+                    identity=self._identity,
+                    alliance=self._alliance,
+                    spec_fingerprint=fingerprint,
+                    model_digest=digest,
+                )
+            else:
+                self._session = ClientSession(cfg, self._cid, self._seed, masker=self._masker)
             return self._session.start().encode()
         msg = decode_message(data)
         vec = None
@@ -316,24 +359,44 @@ def _drive(
 ) -> RoundResult:
     n_, d_, bits = cfg.n, cfg.d, cfg.bits
     client_seeds = [master.bytes(32) for _ in range(n_)]
+    identities: dict[int, IdentityKey] = {}
+    alliance: Alliance | None = None
+    if cfg.active:
+        identities, alliance = generate_alliance(range(1, n_ + 1), master)
     masker = Masker(d_, bits)
     spent = [0.0]
     silent = {Stage(s): ids for s, ids in drop.items()}
+    if not cfg.active:  # no consistency stage: who goes silent there is silent at unmasking
+        silent[Stage.UNMASKING] = silent.get(Stage.UNMASKING, frozenset()) | silent.pop(Stage.CONSISTENCY, frozenset())
     spec = RoundSpec(cfg, "integer", (ArraySpec("input", (d_,), "uint64"),))
     if workers > 1:
         from secagg._parallel import WorkerPool
 
         def factory(cid: int) -> _SimClient:  # runs in the worker that owns client cid
-            return _SimClient(cid, client_seeds[cid - 1], get, Masker(d_, bits), spent)
+            return _SimClient(
+                cid, client_seeds[cid - 1], get, Masker(d_, bits), spent, identities.get(cid), alliance
+            )
 
         with WorkerPool(factory, range(1, n_ + 1), workers=workers, d=d_, bits=bits, silent=silent) as pool:
-            run = drive_round(cfg, pool.transport, setup=spec.to_bytes(), masker=pool.masker, timer=time.perf_counter)
+            run = drive_round(
+                cfg,
+                pool.transport,
+                setup=spec.to_bytes(),
+                masker=pool.masker,
+                timer=time.perf_counter,
+                alliance=alliance,
+            )
             client_s = dict(pool.transport.client_seconds)
     else:
-        endpoints = {cid: _SimClient(cid, client_seeds[cid - 1], get, masker, spent) for cid in range(1, n_ + 1)}
+        endpoints = {
+            cid: _SimClient(cid, client_seeds[cid - 1], get, masker, spent, identities.get(cid), alliance)
+            for cid in range(1, n_ + 1)
+        }
         # time.perf_counter is looked up here, at call time, so a benchmark can swap the clock
         transport = MemoryTransport(endpoints, silent=silent, clock=time.perf_counter)
-        run = drive_round(cfg, transport, setup=spec.to_bytes(), masker=masker, timer=time.perf_counter)
+        run = drive_round(
+            cfg, transport, setup=spec.to_bytes(), masker=masker, timer=time.perf_counter, alliance=alliance
+        )
         client_s = dict(transport.client_seconds)
     res = run.result
     client_s[Stage.MASKED_INPUT.value] -= spent[0]  # producing an input is not protocol time
@@ -357,4 +420,6 @@ def _drive(
         config=cfg,
         params=params,
         excluded={u - 1: why for u, why in res.excluded.items()},
+        active=res.active,
+        evidence={u - 1: ev for u, ev in res.evidence.items()},
     )

@@ -43,7 +43,7 @@ from secagg import graph as _graph
 from secagg._validate import check_choice, check_fraction, check_int, check_number, check_optional_int
 from secagg.client import check_config, check_input
 from secagg.encoding import FixedPointEncoder, centered_lift, check_headroom
-from secagg.errors import MessageError, SecAggError, SecAggTypeError, SecAggValueError
+from secagg.errors import MessageError, SecAggError, SecAggTypeError, SecAggValueError, UnsafeParametersError
 from secagg.messages import RoundConfig, decode_message
 from secagg.rand import RngLike, as_random_source
 from secagg.ring import check_bits
@@ -608,6 +608,8 @@ def make_config(
     require_connected: bool = True,
     round_id: bytes | None = None,
     rng: RngLike = None,
+    max_dropouts: int | None = None,
+    active: bool = False,
 ) -> tuple[RoundConfig, _graph.GraphParameters]:
     """Build a checked :class:`~secagg.messages.RoundConfig` (and the
     :class:`~secagg.graph.GraphParameters` behind it) for a round of ``n`` clients.
@@ -616,11 +618,19 @@ def make_config(
     (:func:`secagg.graph.choose_parameters` with ``dropout_fraction`` and
     ``corrupt_fraction``); an int k; or ``"all"`` for the complete graph.
     ``threshold``: None = the safe default for that graph.  ``round_id``: None = 16
-    random bytes from ``rng``.
+    random bytes from ``rng``.  ``max_dropouts``: D, the most clients that may be missing
+    from the roster (every client refuses a smaller roster than ``n - D``); None = the
+    dropouts the parameters tolerate (:attr:`GraphParameters.dropouts_tolerated`, capped
+    at ``n - min_clients``).  ``active``: active mode (signed identities, the consistency
+    round, verified shares; every party then needs the alliance); False is the
+    semi-honest protocol.
 
     Raises:
         SecAggValueError, SecAggTypeError: bad arguments.
-        UnsafeParametersError: the threshold or cohort floor is unsafe.
+        UnsafeParametersError: the threshold or cohort floor is unsafe, ``max_dropouts``
+            exceeds what the parameters tolerate (a server could shrink the roster until
+            the colluders surround a client), or the declared colluders force more
+            corrupt neighbours than the threshold allows.
     """
     n = check_int("n", n, 3)
     d = check_int("d", d, 1)
@@ -646,6 +656,19 @@ def make_config(
         k = check_int("neighbors", neighbors, 2, n - 1)
         params = _graph.parameters_for_k(n, k, threshold, colluders, dropout_fraction=dropout_fraction)
     floor = params.min_clients if min_clients is None else check_int("min_clients", min_clients, 1, n)
+    tolerated = min(params.dropouts_tolerated, n - floor)
+    if max_dropouts is None:
+        big_d = tolerated
+    else:
+        big_d = check_int("max_dropouts", max_dropouts, 0, n - 1)
+        if big_d > tolerated:
+            raise UnsafeParametersError(
+                f"max_dropouts={big_d} exceeds the {tolerated} dropouts these parameters tolerate (k={params.k}, "
+                f"t={params.t}, {params.colluders} colluders, cohort floor {floor}): a roster that small lets a "
+                "server surround a client with colluders; lower max_dropouts or raise k and t"
+            )
+    if not isinstance(active, bool):
+        raise SecAggTypeError(f"active must be a bool, got {type(active).__name__}")
     k_cfg = 0 if params.complete else params.k
     rid = round_id if round_id is not None else as_random_source(rng).bytes(16)
     cfg = RoundConfig(
@@ -660,6 +683,8 @@ def make_config(
         floor,
         params.expected_survivors,
         bool(require_connected),
+        big_d,
+        active,
     )
     check_config(cfg)
     return cfg, params
@@ -730,14 +755,16 @@ def build_spec(
     corrupt_fraction: float = 0.0,
     round_id: bytes | None = None,
     rng: RngLike = None,
+    active: bool = False,
 ) -> RoundSpec:
     """The :class:`RoundSpec` of a round of ``n`` clients aggregating ``layout`` with ``rule``.
 
     Chooses the protocol parameters from the threat model (``dropout_fraction``,
     ``corrupt_fraction``; or explicit ``neighbors``/``threshold``/``min_clients``), the
     fixed-point encoder (fedavg) or the distributed-DP plan calibrated at the cohort floor
-    (dp; cached per cohort), and binds the global ``model`` (its digest) if given.  No
-    state anywhere changes.
+    (dp; cached per cohort), and binds the global ``model`` (its digest) if given.
+    ``active``: the round runs in active mode (see :func:`make_config`).  No state
+    anywhere changes.
 
     Raises:
         HeadroomError: fedavg weights and bound do not fit the ring for ``n`` clients.
@@ -777,6 +804,7 @@ def build_spec(
         corrupt_fraction=corrupt_fraction,
         round_id=round_id,
         rng=rng,
+        active=active,
     )
     return RoundSpec(
         protocol=protocol,

@@ -1,6 +1,8 @@
 """One misbehaving client never ends the round: each bad message, at each stage, sent
 through the round driver over the in-memory transport, excludes (or is ignored for) that
-client only, and the round finishes DONE with the exact sum of the others."""
+client only, and the round finishes DONE with the exact sum of the others.  Every case
+runs in both modes (semi-honest and active; the consistency stage exists in active mode
+only)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import pytest
 from secagg.crypto.prg import Masker
 from secagg.driver import DriverResult, drive_round
 from secagg.errors import ProtocolAbort
+from secagg.identity import generate_alliance
 from secagg.messages import (
     Abort,
     AdvertiseKeys,
+    ConsistencyCheck,
     MaskedInput,
     Message,
     RevealedShare,
@@ -60,6 +64,7 @@ def out_of_stage(stage: Stage, data: bytes, st: dict[str, object]) -> list[Incom
         Stage.ADVERTISE_KEYS: MaskedInput(rid, BAD, b"\x00" * 4 * D),
         Stage.SHARE_KEYS: MaskedInput(rid, BAD, b"\x00" * 4 * D),
         Stage.MASKED_INPUT: UnmaskShares(rid, BAD, (), ()),
+        Stage.CONSISTENCY: UnmaskShares(rid, BAD, (), ()),
         Stage.UNMASKING: Abort(rid, "a client cannot abort the round"),
     }[stage]
     return _send(later)
@@ -75,6 +80,8 @@ def conflicting_duplicate(stage: Stage, data: bytes, st: dict[str, object]) -> l
     msg = _msg(data)
     if isinstance(msg, AdvertiseKeys):
         other: Message = dataclasses.replace(msg, mask_key=bytes([9]) + msg.mask_key[1:])
+    elif isinstance(msg, ConsistencyCheck):
+        other = dataclasses.replace(msg, signature=bytes(64))
     elif isinstance(msg, ShareKeys):
         first = msg.shares[0]
         other = dataclasses.replace(msg, shares=(dataclasses.replace(first, ciphertext=first.ciphertext[::-1]),
@@ -133,6 +140,13 @@ def wrong_length_vector(stage: Stage, data: bytes, st: dict[str, object]) -> lis
     return _send(MaskedInput(msg.round_id, BAD, bytes(msg.payload)[:-4]))
 
 
+def bad_signature(stage: Stage, data: bytes, st: dict[str, object]) -> list[Incoming]:
+    msg = _msg(data)
+    assert isinstance(msg, (ConsistencyCheck, AdvertiseKeys))
+    sig = bytes([msg.signature[0] ^ 1]) + msg.signature[1:]
+    return _send(dataclasses.replace(msg, signature=sig))
+
+
 def _shares(data: bytes, fix: Callable[[RevealedShare], RevealedShare]) -> list[Incoming]:
     msg = _msg(data)
     assert isinstance(msg, UnmaskShares)
@@ -166,6 +180,11 @@ def share_at_wrong_x(stage: Stage, data: bytes, st: dict[str, object]) -> list[I
     return _shares(data, fix)
 
 
+#: Active mode only: messages that break a signature.
+ACTIVE: dict[Stage, list[tuple[str, str, Rewrite]]] = {
+    Stage.ADVERTISE_KEYS: [("bad_signature", "excluded", bad_signature)],
+}
+
 COMMON: list[tuple[str, str, Rewrite]] = [
     ("undecodable", "excluded", garbage),
     ("truncated", "excluded", truncated),
@@ -187,6 +206,10 @@ SPECIFIC: dict[Stage, list[tuple[str, str, Rewrite]]] = {
         ("conflicting_duplicate", "excluded", conflicting_duplicate),
     ],
     Stage.MASKED_INPUT: [("wrong_length", "excluded", wrong_length_vector)],
+    Stage.CONSISTENCY: [
+        ("bad_signature", "excluded", bad_signature),
+        ("conflicting_duplicate", "excluded", conflicting_duplicate),
+    ],
     Stage.UNMASKING: [
         ("missing_share", "excluded", missing_share),
         ("malformed_share", "excluded", malformed_share),
@@ -195,16 +218,26 @@ SPECIFIC: dict[Stage, list[tuple[str, str, Rewrite]]] = {
         ("conflicting_duplicate", "excluded", conflicting_duplicate),
     ],
 }
-CASES = [(stage, name, kind, fn) for stage in Stage for name, kind, fn in COMMON + SPECIFIC[stage]]
+CASES = [
+    (active, stage, name, kind, fn)
+    for active in (False, True)
+    for stage in Stage
+    if active or stage is not Stage.CONSISTENCY
+    for name, kind, fn in COMMON + SPECIFIC[stage] + (ACTIVE.get(stage, []) if active else [])
+]
 
 
-def run(stage: Stage, rewrite: Rewrite, seed: int = 0) -> tuple[DriverResult, np.ndarray]:
-    cfg, _ = make_config(N, D, BITS, neighbors="all", rng=seed)
+def run(stage: Stage, rewrite: Rewrite, seed: int = 0, *, active: bool = False) -> tuple[DriverResult, np.ndarray]:
+    cfg, _ = make_config(N, D, BITS, neighbors="all", rng=seed, active=active)
     rng = np.random.default_rng(seed)
     inputs = rng.integers(0, 2**BITS, size=(N, D), dtype=np.uint64)
     masker = Masker(D, BITS)
     spent = [0.0]
-    endpoints = {c: _SimClient(c, bytes([c]) * 32, inputs.__getitem__, masker, spent) for c in range(1, N + 1)}
+    ids, alliance = generate_alliance(range(1, N + 1), seed) if active else ({}, None)
+    endpoints = {
+        c: _SimClient(c, bytes([c]) * 32, inputs.__getitem__, masker, spent, ids.get(c), alliance)
+        for c in range(1, N + 1)
+    }
     state: dict[str, object] = {"keys": {}}
 
     def tamper(st: Stage, client: int, reply: Wire | None) -> Sequence[Incoming]:
@@ -220,14 +253,17 @@ def run(stage: Stage, rewrite: Rewrite, seed: int = 0) -> tuple[DriverResult, np
             return out + list(rewrite(st, data, state))
         return [*out, Incoming(client, data)]
 
-    result = drive_round(cfg, MemoryTransport(endpoints, tamper=tamper))
+    result = drive_round(cfg, MemoryTransport(endpoints, tamper=tamper), alliance=alliance)
     return result, inputs
 
 
-@pytest.mark.parametrize(("stage", "name", "kind", "rewrite"), CASES,
-                         ids=[f"{s.value}-{n}" for s, n, _, _ in CASES])  # fmt: skip
-def test_one_bad_client_never_ends_the_round(stage: Stage, name: str, kind: str, rewrite: Rewrite) -> None:
-    result, inputs = run(stage, rewrite)
+@pytest.mark.parametrize(("active", "stage", "name", "kind", "rewrite"), CASES,
+                         ids=[f"{'active' if a else 'semi'}-{s.value}-{n}" for a, s, n, _, _ in CASES])  # fmt: skip
+def test_one_bad_client_never_ends_the_round(
+    active: bool, stage: Stage, name: str, kind: str, rewrite: Rewrite
+) -> None:
+    result, inputs = run(stage, rewrite, active=active)
+    assert result.result.active is active
     res = result.result
     survivors = list(res.survivors)
     want = inputs[[u - 1 for u in survivors]].sum(axis=0, dtype=np.uint64) % np.uint64(2**BITS)
@@ -236,7 +272,8 @@ def test_one_bad_client_never_ends_the_round(stage: Stage, name: str, kind: str,
     if kind == "excluded":
         assert set(res.excluded) == {BAD}, res.excluded
         assert f"stage {stage.value}" in res.excluded[BAD]
-        if stage is not Stage.UNMASKING:  # before unmasking, the bad input is not in the sum
+        assert set(res.evidence) == {BAD} and res.evidence[BAD].stage == stage.value
+        if stage not in (Stage.CONSISTENCY, Stage.UNMASKING):  # before, the bad input is not in the sum
             assert BAD not in survivors
         assert all(BAD not in v for v in res.dropped.values())  # misbehaviour is not a dropout
     elif kind == "kept":

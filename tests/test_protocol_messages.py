@@ -128,7 +128,7 @@ def test_constructor_validates(build: object) -> None:
 def test_decoder_rejects_noncanonical_lists_and_flags() -> None:
     good = UnmaskRequest(RID, 1, (2, 3), ()).encode()
     # swap the two survivor ids in place -> unsorted list
-    head = len(good) - 4 - 8  # ... | 2 | 3 | count(dropped)=0
+    head = len(good) - 12 - 8  # ... | 2 | 3 | count(dropped)=0 | count(survivor_set)=0 | count(signatures)=0
     forged = good[:head] + struct.pack(">I", 3) + struct.pack(">I", 2) + good[head + 8 :]
     with pytest.raises(MessageError, match="sorted"):
         decode_message(forged)

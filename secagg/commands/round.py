@@ -113,10 +113,10 @@ def run(args: argparse.Namespace) -> int:
         out: npt.NDArray[np.uint64] = g.integers(0, high, size=d, dtype=np.uint64, endpoint=False)
         return out
 
-    # F * n clients drop in all, spread over the four stages (the remainder before masked_input).
+    # F * n clients drop in all, spread over the stages (the remainder before masked_input).
     order = gen.permutation(n)
     total = round(args.dropout * n)
-    counts = [total // 4] * 4
+    counts = [total // len(STAGES)] * len(STAGES)
     counts[STAGES.index("masked_input")] += total - sum(counts)
     dropouts, start = {}, 0
     for stage, c in zip(STAGES, counts, strict=True):
