@@ -36,10 +36,15 @@ from secagg.rand import RngLike
 
 __all__ = [
     "ARRAYS_KEY",
+    "CLIP_INDICATOR",
+    "CLIP_NORM_KEY",
     "CONTROL_KEY",
+    "INDICATOR_SCALE_KEY",
     "MESSAGE_TYPE",
     "PAYLOAD_KEY",
     "PAYLOAD_STYPE",
+    "SECAGG_ERROR_CODE",
+    "TASK_KEY",
     "TRAIN_CONFIG_KEY",
     "arrays_of",
     "export_session",
@@ -57,9 +62,19 @@ PAYLOAD_KEY = "secagg.payload"
 ARRAYS_KEY = "arrays"
 TRAIN_CONFIG_KEY = "config"
 STATE_KEY = "secagg.session"
+#: Train-config keys the server adds: the task (``"evaluate"`` for a secure evaluation
+#: round), and under adaptive clipping the update's clip ``C`` and ``alpha * C``.
+TASK_KEY = "secagg.task"
+CLIP_NORM_KEY = "secagg.clip-norm"
+INDICATOR_SCALE_KEY = "secagg.indicator-scale"
+#: Layout name of the adaptive-clipping indicator coordinate (one float).
+CLIP_INDICATOR = "secagg.clip-indicator"
 #: ``kind`` of a control record: a request (one reply awaited) or a notice (none).
 REQUEST = "request"
 NOTICE = "notice"
+#: Code of the Flower ``Error`` a secagg client answers with when it refuses or fails a
+#: stage (its reason says why: policy, budget, a bad spec, a replay, a model mismatch).
+SECAGG_ERROR_CODE = 5091
 #: ``stype`` of the raw byte array carrying protocol bytes.
 PAYLOAD_STYPE = "secagg/bytes"
 

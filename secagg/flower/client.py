@@ -53,11 +53,16 @@ from secagg.client import ClientSession, ClientState
 from secagg.errors import MessageError, RemoteProtocolError, SecAggError, SecAggTypeError, SecAggValueError
 from secagg.flower._codec import (
     ARRAYS_KEY,
+    CLIP_INDICATOR,
+    CLIP_NORM_KEY,
     CONTROL_KEY,
+    INDICATOR_SCALE_KEY,
     NOTICE,
     PAYLOAD_KEY,
     REQUEST,
+    SECAGG_ERROR_CODE,
     STATE_KEY,
+    TASK_KEY,
     TRAIN_CONFIG_KEY,
     arrays_of,
     export_session,
@@ -76,6 +81,7 @@ __all__ = [
     "KEPT_ROUNDS",
     "SECAGG_ERROR_CODE",
     "ClientPolicy",
+    "FlowerEvaluateFn",
     "FlowerTrainFn",
     "LocalUpdate",
     "ReplayedRound",
@@ -85,8 +91,6 @@ __all__ = [
 
 log = logging.getLogger("secagg.flower")
 
-#: Code of the Flower ``Error`` a client answers with when it refuses or fails a stage.
-SECAGG_ERROR_CODE = 5091
 #: ``context.state`` key of the ledger heads a node has seen, and how many it keeps.
 HEADS_KEY = "secagg.ledger-heads"
 KEPT_HEADS = 1000
@@ -114,6 +118,9 @@ class LocalUpdate:
 
 #: ``train_fn(arrays, config, context) -> LocalUpdate | (arrays, num_examples)``.
 FlowerTrainFn = Callable[[Any, Any, Any], "LocalUpdate | tuple[Any, int]"]
+#: ``evaluate_fn(arrays, config, context) -> (metrics, num_examples)``: ``metrics`` maps a
+#: metric name to a finite number (a secure evaluation round asks for named metrics).
+FlowerEvaluateFn = Callable[[Any, Any, Any], "tuple[Mapping[str, float], int]"]
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,9 @@ class SecAggClient:
             (one hex id a line).  ``context.state`` already refuses a replay within a
             Flower run; Flower keeps one context per run, so give a journal to refuse a
             round replayed in another run too.
+        evaluate_fn: optional local evaluation for secure evaluation rounds
+            (:meth:`SecAggServer.run_evaluation <secagg.flower.SecAggServer.run_evaluation>`,
+            ``SecAggFedAvg(evaluate="secure")``); without it such rounds are refused.
     """
 
     def __init__(
@@ -218,10 +228,14 @@ class SecAggClient:
         policy: ClientPolicy | None = None,
         rng: RngLike = None,
         journal: str | os.PathLike[str] | None = None,
+        evaluate_fn: FlowerEvaluateFn | None = None,
     ) -> None:
         if not callable(train_fn):
             raise SecAggTypeError("train_fn must be callable")
+        if evaluate_fn is not None and not callable(evaluate_fn):
+            raise SecAggTypeError("evaluate_fn must be callable")
         self._train = train_fn
+        self._evaluate = evaluate_fn
         self._policy = ClientPolicy() if policy is None else policy
         if not isinstance(self._policy, ClientPolicy):
             raise SecAggTypeError("policy must be a ClientPolicy")
@@ -368,6 +382,11 @@ class SecAggClient:
         config = content.config_records.get(TRAIN_CONFIG_KEY, ConfigRecord())
         current = arrays_of(arrays)
         spec.check_model(current)  # the arrays the round names, or no training at all
+        if config.get(TASK_KEY) == "evaluate":
+            return self._evaluate_and_encode(spec, arrays, config, context)
+        clip = _clip_settings(spec, config)
+        if clip is not None:
+            current[CLIP_INDICATOR] = np.zeros(1)
         base = spec.flatten(current, what="global arrays")
         out = self._train(arrays, config, context)
         if isinstance(out, LocalUpdate):
@@ -376,12 +395,64 @@ class SecAggClient:
             trained, n_ex = out
         else:
             raise SecAggTypeError("train_fn must return a LocalUpdate or an (arrays, num_examples) pair")
-        vec = spec.flatten(_to_numpy(trained), what="trained arrays")
+        got = _to_numpy(trained)
+        if clip is not None:
+            got[CLIP_INDICATOR] = np.zeros(1)
+        vec = spec.flatten(got, what="trained arrays")
         if spec.mode != "integer":
             vec = vec - base
             if not math.isfinite(float(np.sum(vec))):
                 raise SecAggValueError("the update holds NaN or infinite values; this client stays silent")
+        if clip is not None:
+            vec = _with_indicator(vec, *clip)
         return spec.encode(vec, num_examples=n_ex, rng=self._rng)
+
+    def _evaluate_and_encode(self, spec: RoundSpec, arrays: Any, config: Any, context: Any) -> Any:
+        """A secure evaluation round: the node's metrics, named by the spec's layout."""
+        if self._evaluate is None:
+            raise _refuse("this node has no evaluate_fn and takes part in no secure evaluation")
+        if spec.mode != "fedavg" or any(s.shape != (1,) for s in spec.layout):
+            raise _refuse("a secure evaluation round aggregates one number per metric (fedavg mode)")
+        out = self._evaluate(arrays, config, context)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Mapping)):
+            raise SecAggTypeError("evaluate_fn must return a (metrics mapping, num_examples) pair")
+        metrics, n_ex = out
+        vals: dict[str, npt.NDArray[Any]] = {}
+        for s in spec.layout:
+            if s.name not in metrics:
+                raise _refuse(f"this node's evaluate_fn gives no metric {s.name!r}")
+            v = metrics[s.name]
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(float(v)):
+                raise SecAggValueError(f"metric {s.name!r} must be a finite number, got {v!r}")
+            vals[s.name] = np.array([float(v)])
+        return spec.encode(spec.flatten(vals, what="metrics"), num_examples=n_ex, rng=self._rng)
+
+
+def _clip_settings(spec: RoundSpec, config: Any) -> tuple[float, float] | None:
+    """(C, alpha * C) of an adaptive-clipping round (its layout ends with the indicator), else None."""
+    if not spec.layout or spec.layout[-1].name != CLIP_INDICATOR:
+        return None
+    if spec.mode != "dp" or spec.plan is None:
+        raise _refuse("only a dp round carries an adaptive-clipping indicator")
+    try:
+        c, scaled = float(config[CLIP_NORM_KEY]), float(config[INDICATOR_SCALE_KEY])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _refuse("an adaptive-clipping round must name the clip norm and indicator scale") from exc
+    if not (math.isfinite(c) and math.isfinite(scaled) and c > 0 and scaled > 0):
+        raise _refuse("the adaptive clip norm and indicator scale must be finite and > 0")
+    # whatever the server claims, the spec's own L2 clip (the DP sensitivity) bounds the
+    # joint vector: the guarantee never depends on these two numbers
+    return c, scaled
+
+
+def _with_indicator(vec: npt.NDArray[Any], c: float, scaled: float) -> npt.NDArray[Any]:
+    """Clip the update (all but the last coordinate) to ``c`` and set the last coordinate to
+    ``(b - 1/2) * scaled`` with ``b = 1[||update|| <= c]`` (Andrew et al. 2021)."""
+    from dp.clipping import clip_l2
+
+    clipped, norm = clip_l2(vec[:-1], c)
+    bit = 1.0 if norm <= c else 0.0
+    return np.concatenate([clipped, [(bit - 0.5) * scaled]])
 
 
 def _kept(context: Any, key: str) -> list[str]:
@@ -401,9 +472,11 @@ def register(
     policy: ClientPolicy | None = None,
     rng: RngLike = None,
     journal: str | os.PathLike[str] | None = None,
+    evaluate_fn: FlowerEvaluateFn | None = None,
 ) -> SecAggClient:
     """Register a :class:`SecAggClient` on ``app`` (a :class:`flwr.clientapp.ClientApp`)
-    for ``"train.secagg"`` messages; return the handler."""
-    handler = SecAggClient(train_fn, policy=policy, rng=rng, journal=journal)
+    for ``"train.secagg"`` messages (secure training rounds and, with ``evaluate_fn``,
+    secure evaluation rounds); return the handler."""
+    handler = SecAggClient(train_fn, policy=policy, rng=rng, journal=journal, evaluate_fn=evaluate_fn)
     app.train("secagg")(handler)
     return handler

@@ -16,6 +16,16 @@ from typing import Any
 
 from secagg.errors import ProtocolAbort
 
+#: Who each epsilon protects against (the wording of :mod:`dp.tracker`).
+RELEASE_AGAINST = (
+    "anyone who sees only the released model and does not know who took part "
+    "(node-sampling amplification applies; the other survivors' noise shares count)"
+)
+SERVER_AGAINST = (
+    "the aggregation server (SuperLink + ServerApp), which sees who took part "
+    "(no sampling amplification; only the other honest survivors' noise shares count)"
+)
+
 __all__ = ["SecureRoundAbort", "SecureRoundResult", "StageReport"]
 
 
@@ -77,6 +87,16 @@ class SecureRoundResult:
             plus the global arrays sent with the masked-input request).
         timings: per stage wall seconds, ``"total"`` and ``"server"`` (server compute).
         errors: node id -> what the transport saw instead of its reply (its last such stage).
+        refused: node id -> the reason a node gave for refusing the round (its policy, its
+            budget, a spec or model it does not accept); such nodes are also dropouts.
+        clip_norm: ``dp`` with adaptive clipping: the L2 clip of the model update this
+            round used (model units); None otherwise.
+        unclipped_fraction: ``dp`` with adaptive clipping: the noised fraction of
+            survivors whose update was not clipped (estimated under the round's DP noise,
+            Andrew et al. 2021); None otherwise.
+        evaluation: a secure evaluation round: metric name -> weighted mean over the
+            survivors (weights: example counts, total in ``total_weight``); None for a
+            training round.
     """
 
     round_index: int
@@ -99,6 +119,10 @@ class SecureRoundResult:
     bytes_down: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
+    clip_norm: float | None = None
+    unclipped_fraction: float | None = None
+    evaluation: dict[str, float] | None = None
 
     def metrics(self) -> dict[str, int | float]:
         """Scalar summary, ready for a :class:`flwr.app.MetricRecord`."""
@@ -107,12 +131,17 @@ class SecureRoundResult:
             "secagg-survivors": len(self.survivors),
             "secagg-dropouts": sum(len(v) for v in self.dropped.values()),
             "secagg-excluded": len(self.excluded),
+            "secagg-refused": len(self.refused),
             "secagg-recovered": len(self.recovered),
             "secagg-total-weight": self.total_weight,
             "secagg-seconds": self.timings.get("total", 0.0),
             "secagg-bytes-up": sum(self.bytes_up.values()),
             "secagg-bytes-down": sum(self.bytes_down.values()),
         }
+        if self.clip_norm is not None:
+            out["secagg-clip-norm"] = self.clip_norm
+        if self.unclipped_fraction is not None:
+            out["secagg-unclipped-fraction"] = self.unclipped_fraction
         if self.privacy is not None:
             for k in ("release_epsilon", "server_epsilon"):
                 v = getattr(self.privacy, k, None)
@@ -139,7 +168,13 @@ class SecureRoundResult:
             "bytes_down": dict(self.bytes_down),
             "timings": dict(self.timings),
             "errors": {str(k): v for k, v in self.errors.items()},
+            "refused": {str(k): v for k, v in self.refused.items()},
         }
+        if self.clip_norm is not None:
+            out["clip_norm"] = self.clip_norm
+            out["unclipped_fraction"] = self.unclipped_fraction
+        if self.evaluation is not None:
+            out["evaluation"] = dict(self.evaluation)
         if self.noise is not None:
             out["noise"] = self.noise.to_dict()
         if self.privacy is not None:
@@ -147,6 +182,8 @@ class SecureRoundResult:
                 "release_epsilon": _finite(self.privacy.release_epsilon),
                 "server_epsilon": _finite(self.privacy.server_epsilon),
                 "delta": self.privacy.delta,
+                "release_against": RELEASE_AGAINST,
+                "server_against": SERVER_AGAINST,
             }
         return out
 
@@ -165,6 +202,8 @@ class SecureRoundAbort(ProtocolAbort):
         excluded: node id -> reason, for nodes excluded for misbehaviour.
         nodes: node ids sampled.
         errors: node id -> what the transport saw instead of its reply.
+        refused: node id -> the reason a node gave for refusing the round (named in the
+            message too: the cause is on the server, not only in the SuperNodes' logs).
     """
 
     def __init__(
@@ -176,7 +215,13 @@ class SecureRoundAbort(ProtocolAbort):
         excluded: Mapping[int, str],
         nodes: Sequence[int],
         errors: Mapping[int, str] | None = None,
+        refused: Mapping[int, str] | None = None,
     ) -> None:
+        self.refused = dict(refused or {})
+        if self.refused:
+            reason += "; nodes that refused the round: " + "; ".join(
+                f"node {k}: {v}" for k, v in sorted(self.refused.items())
+            )
         super().__init__(
             reason,
             stage=stage,

@@ -28,7 +28,9 @@ nothing more; what an actively malicious one can still do is in docs/flower.md.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -40,14 +42,22 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 from secagg.driver import StageReport as DriverStageReport
 from secagg.driver import drive_round
 from secagg.errors import ProtocolAbort, SecAggTypeError, SecAggValueError
-from secagg.flower._codec import ARRAYS_KEY, TRAIN_CONFIG_KEY, arrays_of
+from secagg.flower._codec import (
+    ARRAYS_KEY,
+    CLIP_INDICATOR,
+    CLIP_NORM_KEY,
+    INDICATOR_SCALE_KEY,
+    TASK_KEY,
+    TRAIN_CONFIG_KEY,
+    arrays_of,
+)
 from secagg.flower.config import SecAggConfig
 from secagg.flower.results import SecureRoundAbort, SecureRoundResult, StageReport
 from secagg.flower.transport import FlowerTransport
 from secagg.messages import Stage
 from secagg.rand import RngLike, as_random_source
 from secagg.rounds import RoundAccount, account_round, check_budget, ledger_header, protocol_summary
-from secagg.spec import ArraySpec, RoundSpec, build_spec, layout_of
+from secagg.spec import Aggregation, ArraySpec, DPAggregation, FedAvgAggregation, RoundSpec, build_spec, layout_of
 
 __all__ = ["SecAggServer"]
 
@@ -66,6 +76,15 @@ def _check_nodes(node_ids: Iterable[int]) -> list[int]:
     return sorted(nodes)
 
 
+def _config(config: Any, what: str) -> ConfigRecord:
+    """A copy of a ConfigRecord (or an empty one) the round may add its own keys to."""
+    if config is None:
+        return ConfigRecord()
+    if not isinstance(config, ConfigRecord):
+        raise SecAggTypeError(f"{what} must be a flwr ConfigRecord")
+    return ConfigRecord(dict(config.items()))
+
+
 def _record(arrays: Mapping[str, npt.NDArray[Any]]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
@@ -81,10 +100,29 @@ class SecAggServer:
         ledger: a :class:`dp.ledger.Ledger` receiving one record per completed round (a
             ``dp`` ledger needs a tracker).
         rng: randomness for round ids (default: a fresh CSPRNG).
+        clipper: ``dp`` only: a :class:`dp.clipping.AdaptiveClipper` (Andrew et al. 2021)
+            whose ``clip_norm`` replaces ``config.clip_norm`` and moves after every round
+            towards its ``target_quantile`` of the update norms.  Each client adds one
+            coordinate to its update, ``(b - 1/2) * indicator_scale * C`` with
+            ``b = 1[||update|| <= C]``, inside the same DP vector (L2 clip
+            ``C * sqrt(1 + indicator_scale**2 / 4)``, the same noise multiplier), so the
+            quantile estimate is noised by the round's distributed noise and accounted by
+            the round's own event: no extra privacy cost, no separate accountant entry.
+            Its ``count_stddev`` must be 0 (the noise is the round's).
+        indicator_scale: ``alpha`` above (> 0); larger means a less noisy quantile
+            estimate (count noise std ``z sqrt(1 + alpha^2/4) / alpha``) and more noise on
+            the update (std ``z C sqrt(1 + alpha^2/4)``).
     """
 
     def __init__(
-        self, config: SecAggConfig | None = None, *, tracker: Any = None, ledger: Any = None, rng: RngLike = None
+        self,
+        config: SecAggConfig | None = None,
+        *,
+        tracker: Any = None,
+        ledger: Any = None,
+        rng: RngLike = None,
+        clipper: Any = None,
+        indicator_scale: float = 1.0,
     ) -> None:
         cfg = SecAggConfig() if config is None else config
         if not isinstance(cfg, SecAggConfig):
@@ -95,6 +133,25 @@ class SecAggServer:
             raise SecAggTypeError("ledger must be a dp.ledger.Ledger")
         if cfg.mode == "dp" and ledger is not None and tracker is None:
             raise SecAggValueError("a dp ledger records epsilons: pass tracker=PrivacyTracker(...) too")
+        if clipper is not None:
+            from dp.clipping import AdaptiveClipper
+
+            if not isinstance(clipper, AdaptiveClipper):
+                raise SecAggTypeError("clipper must be a dp.clipping.AdaptiveClipper")
+            if cfg.mode != "dp":
+                raise SecAggValueError("adaptive clipping needs mode='dp' (it clips the DP update's L2 norm)")
+            if clipper.count_stddev != 0.0:
+                raise SecAggValueError(
+                    "clipper.count_stddev must be 0: on secagg the unclipped count is noised by the round's "
+                    "distributed DP noise (see indicator_scale), not by the server"
+                )
+        if isinstance(indicator_scale, bool) or not isinstance(indicator_scale, (int, float)) or not (
+            0.0 < float(indicator_scale) < 1e6
+        ):
+            raise SecAggValueError("indicator_scale must be a number in (0, 1e6)")
+        self._clipper = clipper
+        self._alpha = float(indicator_scale)
+        self._eval_round = 0
         self._cfg = cfg
         self._tracker = tracker
         self._ledger = ledger
@@ -106,6 +163,32 @@ class SecAggServer:
     def config(self) -> SecAggConfig:
         """The configuration."""
         return self._cfg
+
+    @property
+    def tracker(self) -> Any:
+        """The :class:`dp.tracker.PrivacyTracker` (or None)."""
+        return self._tracker
+
+    @property
+    def ledger(self) -> Any:
+        """The :class:`dp.ledger.Ledger` (or None)."""
+        return self._ledger
+
+    def attach_ledger(self, ledger: Any) -> None:
+        """Attach a ledger before the first round (e.g. one created from
+        :meth:`ledger_header` once the cohort is known)."""
+        if self._ledger is not None or self._round:
+            raise SecAggValueError("attach a ledger once, before the first round")
+        if not (hasattr(ledger, "append") and hasattr(ledger, "head_for_clients")):
+            raise SecAggTypeError("ledger must be a dp.ledger.Ledger")
+        if self._cfg.mode == "dp" and self._tracker is None:
+            raise SecAggValueError("a dp ledger records epsilons: the server needs a tracker")
+        self._ledger = ledger
+
+    @property
+    def clipper(self) -> Any:
+        """The current :class:`dp.clipping.AdaptiveClipper` (None without adaptive clipping)."""
+        return self._clipper
 
     @property
     def round_index(self) -> int:
@@ -124,13 +207,35 @@ class SecAggServer:
         full = layout_of(arrays)
         return full if self._cfg.mode == "integer" else tuple(s for s in full if s.is_float)
 
-    def _spec(self, n: int, arrays: Mapping[str, npt.NDArray[Any]], round_id: bytes) -> RoundSpec:
+    def _training(self, arrays: Mapping[str, npt.NDArray[Any]]) -> tuple[tuple[ArraySpec, ...], Aggregation]:
+        """The layout and rule of a training round (with the clip indicator under adaptive clipping)."""
+        layout, rule = self._layout(arrays), self._cfg.rule()
+        if self._clipper is None:
+            return layout, rule
+        if CLIP_INDICATOR in arrays:
+            raise SecAggValueError(f"the model may not have an array named {CLIP_INDICATOR!r}")
+        assert isinstance(rule, DPAggregation)
+        joint = float(self._clipper.clip_norm) * math.sqrt(1.0 + self._alpha**2 / 4.0)
+        return (*layout, ArraySpec(CLIP_INDICATOR, (1,), "float64")), dataclasses.replace(rule, clip_norm=joint)
+
+    def _spec(
+        self,
+        n: int,
+        arrays: Mapping[str, npt.NDArray[Any]],
+        round_id: bytes,
+        *,
+        layout: tuple[ArraySpec, ...] | None = None,
+        rule: Aggregation | None = None,
+        round_index: int | None = None,
+    ) -> RoundSpec:
         cfg = self._cfg
+        if layout is None or rule is None:
+            layout, rule = self._training(arrays)
         return build_spec(
             n,
-            self._layout(arrays),
-            cfg.rule(),
-            round_index=self._round,
+            layout,
+            rule,
+            round_index=self._round if round_index is None else round_index,
             model=arrays,
             ledger_head=self.ledger_head,
             neighbors=cfg.neighbors,
@@ -187,40 +292,113 @@ class SecAggServer:
 
         Returns:
             The :class:`~secagg.flower.results.SecureRoundResult`; nodes excluded for
-            misbehaviour are in ``excluded``, silent ones in ``dropped``.
+            misbehaviour are in ``excluded``, silent ones in ``dropped``, nodes that
+            refused the round (with their reason) in ``refused``.
 
         Raises:
             SecureRoundAbort: too few nodes remained at a stage, or a secret could not be
-                recovered; nothing individual was revealed, nothing was recorded.
+                recovered; nothing individual was revealed, nothing was recorded.  Nodes
+                that refused the round are named in it with their reasons.
             dp.errors.BudgetExceededError: over the budget (before anything was sent).
         """
-        t_start = time.perf_counter()
         nodes = _check_nodes(node_ids)
         arrs = arrays_of(arrays)
-        if train_config is not None and not isinstance(train_config, ConfigRecord):
-            raise SecAggTypeError("train_config must be a flwr ConfigRecord")
+        train_rec = _config(train_config, "train_config")
+        layout, rule = self._training(arrs)
+        clip = self._clipper
+        if clip is not None:
+            train_rec[CLIP_NORM_KEY] = float(clip.clip_norm)
+            train_rec[INDICATOR_SCALE_KEY] = self._alpha * float(clip.clip_norm)
+        result = self._run(grid, nodes, arrays, arrs, layout, rule, train_rec, on_stage, self._round, True)
+        self.last = result
+        self._round += 1
+        return result
+
+    def run_evaluation(
+        self,
+        grid: Any,
+        node_ids: Iterable[int],
+        arrays: Any,
+        metrics: Sequence[str],
+        *,
+        bound: float = 100.0,
+        max_weight: int | None = None,
+        evaluate_config: Any = None,
+        on_stage: Callable[[StageReport], None] | None = None,
+    ) -> SecureRoundResult:
+        """Federated evaluation aggregated securely: each node evaluates the global
+        ``arrays`` (its ClientApp's ``evaluate_fn``, see :func:`~secagg.flower.register`)
+        and the server learns only the example-weighted mean of each metric over the
+        survivors and their total example count, never one node's metrics.
+
+        The metric means are **not** differentially private (they are computed on the
+        nodes' data without noise): in ``dp`` training they are outside the accounted
+        guarantee.  Nothing is recorded in the tracker or the ledger.
+
+        Args:
+            metrics: metric names every node returns (each a finite number).
+            bound: metrics are clipped to ``[-bound, bound]`` (fixed point, 64-bit ring).
+            max_weight: cap on a node's example count (default ``config.max_weight``).
+            evaluate_config: a :class:`flwr.app.ConfigRecord` passed to ``evaluate_fn``.
+
+        Returns:
+            A :class:`SecureRoundResult` whose ``evaluation`` maps metric -> mean.
+        """
+        nodes = _check_nodes(node_ids)
+        names = [str(m) for m in metrics]
+        if not names or len(set(names)) != len(names):
+            raise SecAggValueError("metrics must be distinct metric names, at least one")
+        arrs = arrays_of(arrays)
+        rec = _config(evaluate_config, "evaluate_config")
+        rec[TASK_KEY] = "evaluate"
+        weight = self._cfg.max_weight if max_weight is None else max_weight
+        rule = FedAvgAggregation(float(bound), int(weight), 64)
+        layout = tuple(ArraySpec(m, (1,), "float64") for m in names)
+        res = self._run(grid, nodes, arrays, arrs, layout, rule, rec, on_stage, self._eval_round, False)
+        self._eval_round += 1
+        return res
+
+    def _run(  # noqa: PLR0917 - internal helper
+        self,
+        grid: Any,
+        nodes: list[int],
+        arrays: Any,
+        arrs: dict[str, npt.NDArray[Any]],
+        layout: tuple[ArraySpec, ...],
+        rule: Aggregation,
+        train_rec: ConfigRecord,
+        on_stage: Callable[[StageReport], None] | None,
+        round_index: int,
+        training: bool,
+    ) -> SecureRoundResult:
+        t_start = time.perf_counter()
         if on_stage is not None and not callable(on_stage):
             raise SecAggTypeError("on_stage must be callable")
-        spec = self.plan_round(len(nodes), arrs)
+        spec = self._spec(len(nodes), arrs, self._rng.bytes(16), layout=layout, rule=rule, round_index=round_index)
+        if training and spec.plan is not None:  # refuse now if even the worst accepted outcome could not be recorded
+            check_budget(
+                self._tracker, spec.plan.noise_report(spec.plan.min_clients), round_index=self._round,
+                sampling_rate=self._cfg.sampling_rate,
+            )  # fmt: skip
         protocol = spec.protocol
         global_rec = arrays if isinstance(arrays, ArrayRecord) else _record(arrs)
-        train_rec = train_config if train_config is not None else ConfigRecord()
         extra_down = sum(int(a.nbytes) for a in arrs.values())
 
         def extra(stage: Stage, client: int) -> Mapping[str, Any]:
             del client
             return {ARRAYS_KEY: global_rec, TRAIN_CONFIG_KEY: train_rec} if stage is Stage.MASKED_INPUT else {}
 
+        kind = "round" if training else "evaluation"
         transport = FlowerTransport(
             grid,
             nodes,
             round_id=spec.round_id,
-            group=f"secagg-{self._round}",
+            group=f"secagg-{kind}-{round_index}",
             ttl=max(self._cfg.stage_timeout * 2.0, 60.0),
             poll_interval=self._cfg.poll_interval,
             extra=extra,
         )
-        log.info("secagg round %d (%s): %d nodes, mode %s, d=%d, bits=%d, k=%d, t=%d", self._round,
+        log.info("secagg %s %d (%s): %d nodes, mode %s, d=%d, bits=%d, k=%d, t=%d", kind, round_index,
                  spec.round_id.hex()[:8], len(nodes), spec.mode, protocol.d, protocol.bits, protocol.degree,
                  protocol.t)  # fmt: skip
 
@@ -237,28 +415,44 @@ class SecAggServer:
                               on_stage=report)  # fmt: skip
         except ProtocolAbort as exc:
             raise SecureRoundAbort(
-                f"secure round {self._round}: {exc}",
+                f"secure {kind} {round_index}: {exc}",
                 stage=exc.stage,
                 dropped={k: transport.nodes_of(v) for k, v in exc.dropped.items()},
                 excluded={transport.node_of(c): r for c, r in exc.excluded.items()},
                 nodes=nodes,
                 errors=transport.errors,
+                refused=transport.refused,
             ) from exc
 
         t1 = time.perf_counter()
         res = run.result
         vec, weight = spec.decode(res.aggregate, len(res.survivors))
+        clip_norm = unclipped = None
+        evaluation = None
         if spec.mode == "integer":
             new_arrays = _record(spec.unflatten(vec, dtype="uint64"))
             update = None
+        elif not training:
+            mean = spec.unflatten(vec, dtype="float64")
+            evaluation = {k: float(v.reshape(-1)[0]) for k, v in mean.items()}
+            new_arrays = _record(mean)
+            update = None
         else:
             mean = spec.unflatten(vec, dtype="float64")
+            if CLIP_INDICATOR in mean:
+                clip_norm, unclipped = self._adapt(float(mean.pop(CLIP_INDICATOR).reshape(-1)[0]))
             update = _record(mean)
             new_arrays = _record({k: (v + mean[k]).astype(v.dtype) if k in mean else v for k, v in arrs.items()})
         survivors = transport.nodes_of(res.survivors)
         dropped = {k: transport.nodes_of(v) for k, v in res.dropped.items()}
         excluded = {transport.node_of(c): r for c, r in res.excluded.items()}
-        acct = self._account(spec, survivors, dropped, excluded, weight)
+        acct = None
+        if training:
+            more = {} if clip_norm is None else {"adaptive_clipping": {
+                "clip_norm": clip_norm, "unclipped_fraction_noised": unclipped, "indicator_scale": self._alpha,
+                "target_quantile": self._clipper.target_quantile, "learning_rate": self._clipper.learning_rate,
+                "next_clip_norm": self._clipper.clip_norm}}  # fmt: skip
+            acct = self._account(spec, survivors, dropped, excluded, weight, more=more)
         bytes_down = dict(run.bytes_down)
         for rep in run.stages:
             if rep.stage == Stage.MASKED_INPUT.value:
@@ -267,7 +461,7 @@ class SecAggServer:
         timings["server"] = sum(r.server_seconds for r in run.stages) + time.perf_counter() - t1
         timings["total"] = time.perf_counter() - t_start
         result = SecureRoundResult(
-            round_index=self._round,
+            round_index=round_index,
             round_id=spec.round_id.hex(),
             mode=spec.mode,
             arrays=new_arrays,
@@ -278,8 +472,8 @@ class SecAggServer:
             excluded=excluded,
             recovered=transport.nodes_of(res.recovered_keys),
             total_weight=weight,
-            noise=acct.noise,
-            privacy=acct.privacy,
+            noise=None if acct is None else acct.noise,
+            privacy=None if acct is None else acct.privacy,
             ledger_head=self.ledger_head,
             fingerprint=spec.fingerprint,
             protocol=protocol_summary(protocol),
@@ -287,12 +481,27 @@ class SecAggServer:
             bytes_down=bytes_down,
             timings=timings,
             errors=dict(transport.errors),
+            refused=dict(transport.refused),
+            clip_norm=clip_norm,
+            unclipped_fraction=unclipped,
+            evaluation=evaluation,
         )
-        log.info("secagg round %d done: %d/%d survivors, %d excluded, in %.2f s", self._round, len(survivors),
-                 len(nodes), len(excluded), timings["total"])  # fmt: skip
-        self.last = result
-        self._round += 1
+        log.info("secagg %s %d done: %d/%d survivors, %d excluded, %d refused, in %.2f s", kind, round_index,
+                 len(survivors), len(nodes), len(excluded), len(transport.refused), timings["total"])  # fmt: skip
         return result
+
+    def _adapt(self, indicator_mean: float) -> tuple[float, float]:
+        """Move the adaptive clip from the round's noised indicator coordinate (the mean over
+        survivors of ``(b - 1/2) alpha C`` plus noise); return (C used, noised unclipped fraction)."""
+        clip = self._clipper
+        c = float(clip.clip_norm)
+        frac = indicator_mean / (self._alpha * c) + 0.5
+        expo = -float(clip.learning_rate) * (frac - float(clip.target_quantile))
+        new_c = c * math.exp(min(expo, 50.0))
+        if not 1e-300 <= new_c <= 1e300:
+            raise SecAggValueError(f"the adaptive clip would leave [1e-300, 1e300] ({new_c}); lower learning_rate")
+        self._clipper = dataclasses.replace(clip, clip_norm=new_c, rounds=clip.rounds + 1, last_fraction=frac)
+        return c, frac
 
     @staticmethod
     def _stage_report(rep: DriverStageReport, transport: FlowerTransport, extra_down: int) -> StageReport:
@@ -319,6 +528,8 @@ class SecAggServer:
         dropped: Mapping[str, Sequence[int]],
         excluded: Mapping[int, str],
         weight: int,
+        *,
+        more: Mapping[str, Any] | None = None,
     ) -> RoundAccount:
         """Feed the tracker (dp), then append the ledger record (:func:`secagg.rounds.account_round`;
         the record names the spec by fingerprint and model digest, clients by node id)."""
@@ -335,6 +546,7 @@ class SecAggServer:
                 "dropped_nodes": {k: [int(x) for x in v] for k, v in dropped.items()},
                 "survivor_nodes": [int(x) for x in survivors],
                 "transport": "flower",
+                **(more or {}),
             },
         )
 

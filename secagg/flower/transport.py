@@ -26,7 +26,16 @@ from flwr.serverapp import Grid
 
 from secagg._validate import check_int, check_number
 from secagg.errors import MessageError, SecAggTypeError, SecAggValueError
-from secagg.flower._codec import CONTROL_KEY, MESSAGE_TYPE, NOTICE, PAYLOAD_KEY, REQUEST, pack_payload, unpack_payload
+from secagg.flower._codec import (
+    CONTROL_KEY,
+    MESSAGE_TYPE,
+    NOTICE,
+    PAYLOAD_KEY,
+    REQUEST,
+    SECAGG_ERROR_CODE,
+    pack_payload,
+    unpack_payload,
+)
 from secagg.messages import Stage
 from secagg.transport import Incoming, Outgoing
 
@@ -58,6 +67,9 @@ class FlowerTransport:
         errors: node id -> why its last reply was missing or unusable (error reply,
             malformed record, no reply before the deadline); the node counts as silent.
         stage_errors: per stage value, node id -> reason, for the replies of that stage.
+        refused: node id -> the reason a node gave for refusing the round (an error reply
+            with :data:`~secagg.flower._codec.SECAGG_ERROR_CODE`: its policy, its budget, a
+            spec or model it will not accept, a replay); such a node is silent too.
     """
 
     def __init__(
@@ -93,6 +105,7 @@ class FlowerTransport:
         self._sleep = sleep
         self.errors: dict[int, str] = {}
         self.stage_errors: dict[str, dict[int, str]] = {s.value: {} for s in Stage}
+        self.refused: dict[int, str] = {}
 
     # -- ids ---------------------------------------------------------------------------------
 
@@ -166,7 +179,12 @@ class FlowerTransport:
 
     def _payload(self, reply: FlowerMessage, stage: Stage, cid: int, errs: dict[int, str]) -> bytes | None:
         if reply.has_error():
-            self._error(errs, cid, f"error reply: {reply.error.reason}")
+            if int(reply.error.code) == SECAGG_ERROR_CODE:
+                why = str(reply.error.reason)
+                self.refused[self._node_of[cid]] = why[len("secagg: "):] if why.startswith("secagg: ") else why
+                self._error(errs, cid, f"refused: {reply.error.reason}")
+            else:
+                self._error(errs, cid, f"error reply: {reply.error.reason}")
             return None
         if int(reply.metadata.src_node_id) != self._node_of[cid]:
             self._error(errs, cid, "a reply came from another node")
