@@ -19,11 +19,14 @@ Implementations:
   tighter, but known to crash or hang for some parameters (opacus#601, #604): those cases
   raise :class:`~dp.errors.AccountingError` advising ``"rdp"``.
 * :class:`PldAccountant` (``"pld"``) -- Google dp_accounting's privacy-loss-distribution
-  accountant (pessimistic discretisation, so an upper bound).
+  accountant (pessimistic discretisation, so an upper bound); it also accounts for the
+  distributed discrete Gaussian (sampled or not) through the Gaussian that dominates it
+  (:mod:`dp.pld`).
 
 The three backends are optional (installed with the ``torch`` / ``accounting`` extras),
 imported only when used, and support only Gaussian and Poisson-subsampled Gaussian events
-(and compositions of them); anything else raises :class:`~dp.errors.AccountingError`.
+(and compositions of them; ``"pld"`` also the distributed discrete Gaussian); anything else
+raises :class:`~dp.errors.AccountingError`.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from dp.errors import AccountingError, DPTypeError, DPValueError
 from dp.events import (
     MAX_COUNT,
     ComposedEvent,
+    DistributedDiscreteGaussianEvent,
     GaussianEvent,
     PoissonSampledEvent,
     PrivacyEvent,
@@ -222,6 +226,31 @@ def _gaussian_terms(event: PrivacyEvent, count: int) -> list[tuple[float, float,
 
 
 _Term = tuple[float, float, int]
+
+
+def _dominated(event: PrivacyEvent) -> tuple[PrivacyEvent, float]:
+    """``event`` with every distributed discrete Gaussian replaced by the Gaussian that dominates
+    it (:func:`dp.pld.ddg_domination`), and the total-variation slack of the replacement."""
+    if isinstance(event, DistributedDiscreteGaussianEvent):
+        from dp.pld import ddg_domination
+
+        if event.sigma == 0:
+            return GaussianEvent(0.0), 0.0
+        dom = ddg_domination(event)
+        if dom is None:
+            raise AccountingError("the distributed discrete Gaussian of this event is too wide for the lattice "
+                                  "analysis (over 2e7 points per coordinate): use accountant='rdp'")
+        return GaussianEvent(dom.noise_multiplier), dom.tv
+    if isinstance(event, PoissonSampledEvent):
+        inner, tv = _dominated(event.event)
+        return PoissonSampledEvent(event.sampling_rate, inner), tv
+    if isinstance(event, SelfComposedEvent):
+        inner, tv = _dominated(event.event)
+        return SelfComposedEvent(inner, event.count), tv * event.count
+    if isinstance(event, ComposedEvent):
+        parts = [_dominated(e) for e in event.events]
+        return ComposedEvent([e for e, _ in parts]), sum(t for _, t in parts)
+    return event, 0.0
 
 
 def _merge(history: list[_Term], terms: list[_Term]) -> list[_Term]:
@@ -492,6 +521,14 @@ class PldAccountant(_BackendAccountant):
     whose loss distribution has no closed form under composition, go through dp_accounting's
     numerical PLD composition, together with the one merged Gaussian (``"numeric"``).
 
+    A :class:`~dp.events.DistributedDiscreteGaussianEvent` (alone, Poisson-sampled or composed)
+    is accounted as the Gaussian with multiplier ``z_eff`` that dominates it
+    (:func:`dp.pld.ddg_domination`: the lattice pair is a post-processing of the Gaussian pair
+    up to a total-variation slack ``tv``), so it is composed and subsampled exactly like a
+    Gaussian.  The slack enters every figure: ``delta(eps) = delta_gauss(eps) + (1 + e^eps) *
+    sum tv`` and ``get_epsilon(delta)`` answers at ``delta (1 - 1e-9)`` after checking that
+    the slack fits in the remaining ``1e-9 delta`` (it is below 1e-40 in practice).
+
     Args:
         value_discretization_interval: PLD grid step (smaller is tighter and slower).
     """
@@ -506,6 +543,25 @@ class PldAccountant(_BackendAccountant):
             raise DPValueError(f"value_discretization_interval must be in (0, 1), got {v!r}")
         self._interval = float(v)
         self._cache: tuple[tuple[tuple[float, float, int], ...], Any] | None = None
+        self._tv = 0.0
+
+    @property
+    def tv_slack(self) -> float:
+        """Total-variation slack of the lattice events recorded so far (0.0 without any)."""
+        return self._tv
+
+    def compose(self, event: PrivacyEvent, count: int = 1) -> None:
+        """Record ``event`` (a distributed discrete Gaussian through its dominating Gaussian)."""
+        ev = _check_event(event)
+        n = _check_count(count)
+        dominated, tv = _dominated(ev)
+        new_history = _merge(self._history, _gaussian_terms(dominated, n))
+        if any(steps > MAX_COUNT for _, _, steps in new_history):
+            raise DPValueError(f"more than {MAX_COUNT} repetitions of one event in total (nested self-composition); "
+                               "no training run composes that many")
+        recorded = ev if n == 1 else SelfComposedEvent(ev, n)
+        self._history, self._events = new_history, (*self._events, recorded)
+        self._tv += n * tv
 
     def _split(self) -> tuple[float, list[_Term]]:
         """(mu of the merged unsampled Gaussians, 0 if none; the sampled terms)."""
@@ -551,6 +607,15 @@ class PldAccountant(_BackendAccountant):
         d = _check_delta(delta)
         if not self._history:
             return 0.0
+        if self._tv == 0.0:
+            return self._epsilon(d)
+        eps = self._epsilon(d * (1.0 - 1e-9))
+        if (1.0 + math.exp(min(eps, 700.0))) * self._tv > 1e-9 * d:
+            raise AccountingError(f"the lattice analysis leaves a slack of {self._tv:.3g} (times 1 + e^eps), too "
+                                  f"large for delta {d:g}: use accountant='rdp'")
+        return eps
+
+    def _epsilon(self, d: float) -> float:
         mu, sampled = self._split()
         if math.isinf(mu):
             return math.inf
@@ -570,6 +635,10 @@ class PldAccountant(_BackendAccountant):
         e = _check_epsilon(epsilon)
         if not self._history:
             return 0.0
+        slack = (1.0 + math.exp(min(e, 700.0))) * self._tv if self._tv > 0 else 0.0
+        return min(self._delta(e) + slack, 1.0)
+
+    def _delta(self, e: float) -> float:
         mu, sampled = self._split()
         if math.isinf(mu):
             return 1.0
@@ -587,6 +656,7 @@ class PldAccountant(_BackendAccountant):
         other = PldAccountant(self._interval)
         self._copy_into(other)
         other._cache = self._cache
+        other._tv = self._tv
         return other
 
 

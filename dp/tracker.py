@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple
 
 from dp._validate import check_choice, check_int, check_nonnegative, check_positive, check_probability
 from dp.accountants import Accountant, make_accountant
-from dp.calibration import calibrate
+from dp.calibration import calibrate, calibrate_noise_multiplier
 from dp.errors import BudgetExceededError, DPTypeError, DPValueError
 from dp.events import (
     MAX_COUNT,
@@ -219,7 +219,8 @@ class PrivacyTracker:
     Args:
         delta: the delta both figures are reported at, in (0, 1).
         accountant: accountant name (see :func:`dp.accountants.make_accountant`); the
-            distributed mechanisms need ``"rdp"``.
+            distributed discrete Gaussian needs ``"rdp"`` or ``"pld"`` (tight: the Gaussian
+            that dominates the lattice noise, :mod:`dp.pld`), Skellam ``"rdp"``.
         budget_epsilon: optional epsilon budget; a round that would exceed it is refused
             with :class:`~dp.errors.BudgetExceededError` before anything is recorded.
         population: optional number of clients that could be sampled; used for
@@ -454,7 +455,8 @@ def calibrate_for_server(
         cohort_floor: fewest survivors the round accepts (>= 2; >= colluders + 2 for the server).
         colluders: clients assumed to collude with the server.
         mechanism: noise mechanism.
-        accountant: accountant name.
+        accountant: accountant name; ``"pld"`` is the tight choice for the discrete Gaussian
+            (:mod:`dp.pld`), ``"rdp"`` the published bounds.
         against: ``"server"`` (default) or ``"release"``.
         sampling_rate: client sampling rate; required for ``against="release"``.
         tol: relative tolerance of the bisection (result rounded up).
@@ -501,5 +503,11 @@ def calibrate_for_server(
         acc.compose(event(share), t)
         return acc.get_epsilon(d)
 
-    share = calibrate(epsilon_of, target, tol=tol)
+    start = None
+    if accountant == "pld" and mechanism != "skellam":
+        # the lattice noise is accounted as the Gaussian that dominates it (dp.pld), a hair
+        # below its std: start at the central Gaussian's answer and search upwards in 1% steps
+        z = calibrate_noise_multiplier(target, d, t, q, accountant="pld", tol=tol)
+        start = z * l2 / math.sqrt(n)
+    share = calibrate(epsilon_of, target, tol=tol, start=start, factor=1.01 if start is not None else 2.0)
     return ServerCalibration(share, share * math.sqrt(n), n, epsilon_of(share), d, t, against, note)

@@ -37,6 +37,7 @@ from dp.events import (
     LaplaceEvent,
     PoissonSampledEvent,
     SelfComposedEvent,
+    SkellamEvent,
 )
 from dp.rdp import rdp_to_epsilon
 
@@ -149,7 +150,10 @@ def test_backends_refuse_what_they_cannot_account_for(name: str) -> None:
     acc = make_accountant(name)
     acc.compose(SGM)
     before = _snapshot(acc)
-    for unsupported in (LaplaceEvent(1.0), DistributedDiscreteGaussianEvent(10.0, 30.0, 100, 5),
+    ddg = DistributedDiscreteGaussianEvent(10.0, 30.0, 100, 5)  # "pld" accounts for it (dp.pld), the others not
+    for unsupported in (LaplaceEvent(1.0), SkellamEvent(10.0, 20.0, 450.0),
+                        *(() if name == "pld" else (ddg,)),
+                        ComposedEvent([ddg, LaplaceEvent(1.0)]),  # first part valid (for pld), second not
                         ComposedEvent([GaussianEvent(1.0), LaplaceEvent(1.0)]),  # first part valid, second not
                         PoissonSampledEvent(0.1, PoissonSampledEvent(0.5, GaussianEvent(1.0)))):
         with pytest.raises(AccountingError, match="rdp"):
