@@ -6,9 +6,11 @@ Importing :mod:`secagg` never imports Flower; ``import secagg.flower`` does (ins
 
 One way to do each thing:
 
-* run secure rounds from a ServerApp: :class:`SecAggServer` (``run_round`` over a
-  ``Grid``), configured by :class:`SecAggConfig`; or keep Flower's strategy loop with
-  :class:`SecAggFedAvg` (Flower's FedAvg whose training step is a secure round);
+* keep Flower's strategy loop with :class:`SecAggFedAvg` (a complete strategy: secure
+  training rounds, DP with a tracker and ledger, Poisson node sampling in ``dp`` mode,
+  secure or clear federated evaluation, a server optimiser such as FedAdam, adaptive
+  clipping); or run secure rounds yourself with :class:`SecAggServer` (``run_round`` /
+  ``run_evaluation`` over a ``Grid``), configured by :class:`SecAggConfig`;
 * answer them in a ClientApp: :func:`register` (a :class:`SecAggClient` handler for
   ``"train.secagg"`` messages), with a :class:`ClientPolicy` and a training function
   returning a :class:`LocalUpdate`;
@@ -33,7 +35,15 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - exercised only without
     ) from _exc
 
 from secagg.flower._codec import MESSAGE_TYPE
-from secagg.flower.client import SECAGG_ERROR_CODE, ClientPolicy, FlowerTrainFn, LocalUpdate, SecAggClient, register
+from secagg.flower.client import (
+    SECAGG_ERROR_CODE,
+    ClientPolicy,
+    FlowerEvaluateFn,
+    FlowerTrainFn,
+    LocalUpdate,
+    SecAggClient,
+    register,
+)
 from secagg.flower.config import SecAggConfig
 from secagg.flower.results import SecureRoundAbort, SecureRoundResult, StageReport
 from secagg.flower.server import SecAggServer
@@ -45,6 +55,7 @@ __all__ = [
     "SECAGG_ERROR_CODE",
     "ClientPolicy",
     "CountingGrid",
+    "FlowerEvaluateFn",
     "FlowerTrainFn",
     "LocalUpdate",
     "SecAggClient",
