@@ -4,6 +4,8 @@ enumerations of the lattice pair and against dp_accounting's discrete Gaussian P
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +163,13 @@ def test_pld_accountant_refuses_a_large_slack() -> None:
         acc.get_epsilon(1e-5)
     assert acc.get_delta(1.0) >= (1 + math.e) * 1e-3
     assert acc.copy().tv_slack == 1e-3
+
+
+def test_committed_tightness_table_row_is_the_code_output() -> None:
+    from dp.tightness import format_row, tightness_row
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "accounting.md").read_text()
+    line = format_row(tightness_row(4.0, 100))
+    assert line in doc
+    rows = [ln for ln in doc.splitlines() if re.match(r"\| [0-9.]+ \| (none|q = )", ln)]
+    assert len(rows) == 36
