@@ -6,7 +6,8 @@
   with the ``flwr-clientapp`` process it starts per message).  Fast tests of the whole
   stack, with dropouts on demand.
 * :class:`Deployment` -- a real Flower deployment: ``flower-superlink`` and
-  ``flower-supernode`` subprocesses on 127.0.0.1 (free ports, state in a temporary
+  ``flower-supernode`` subprocesses on 127.0.0.1 (or, ``simulation=True``, a SuperLink
+  running Flower's simulation engine with virtual nodes) (free ports, state in a temporary
   directory, bounded lifetimes), stopped by their process ids (and their process groups:
   each is started in its own session) in :meth:`Deployment.close`; apps are launched with
   ``flwr run`` and waited for with ``flwr ls``.
@@ -226,7 +227,7 @@ class Deployment:
         lifetime: seconds after which :meth:`check_lifetime` refuses to go on (bounded run).
     """
 
-    def __init__(self, root: Path, supernodes: int, *, lifetime: float = 900.0) -> None:
+    def __init__(self, root: Path, supernodes: int, *, lifetime: float = 900.0, simulation: bool = False) -> None:
         self.root = root
         self.started = time.monotonic()
         self.lifetime = lifetime
@@ -247,7 +248,8 @@ class Deployment:
         self.superlink = Proc(
             "superlink",
             [str(VENV_BIN / "flower-superlink"), "--insecure", "--database", str(root / "state.db"),
-             "--host", "127.0.0.1", "--port", str(self.port), "--disable-runtime-dependency-installation"],
+             "--host", "127.0.0.1", "--port", str(self.port), "--disable-runtime-dependency-installation",
+             *(["--simulation"] if simulation else [])],
             self.env,
             root / "superlink.log",
         )
@@ -324,11 +326,13 @@ class Deployment:
             raise RuntimeError(f"flwr {args[0]} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}") from exc
         return doc
 
-    def start_run(self, app: Path, run_config: Mapping[str, Any]) -> int:
-        """``flwr run APP test --run-config ...``; return the run id."""
+    def start_run(self, app: Path, run_config: Mapping[str, Any], *, federation_config: str | None = None) -> int:
+        """``flwr run APP test --run-config ...`` (``--federation-config`` too, e.g.
+        ``"num-supernodes=10"`` on a simulation SuperLink); return the run id."""
         self.check_lifetime()
         cfg = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-        doc = self.flwr("run", str(app), "test", "--run-config", cfg)
+        more = ["--federation-config", federation_config] if federation_config else []
+        doc = self.flwr("run", str(app), "test", "--run-config", cfg, *more)
         if not doc.get("success"):
             raise RuntimeError(f"flwr run failed: {doc}")
         return int(doc["run-id"])

@@ -37,7 +37,10 @@ from secagg_flower_app import task  # noqa: E402
 
 N = 6
 RUN_TIMEOUT = 240.0
-STAGE_TIMEOUT = 30.0  # a healthy stage takes ~10 s on 2 busy cores; a killed node costs this much
+STAGE_TIMEOUT = 30.0  # a killed node costs this much
+#: every run: one round of the synthetic task, no federated evaluation, no demo dropout
+BASE = {"task": "synthetic", "num-rounds": 1, "stage-timeout": STAGE_TIMEOUT, "wait-nodes": 30.0,
+        "evaluate": "none", "drop-partitions": ""}
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +55,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def _run(dep: Deployment, name: str, **config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     result = dep.root / f"{name}.json"
-    base = {"task": "synthetic", "num-rounds": 1, "stage-timeout": STAGE_TIMEOUT, "result-path": str(result),
-            "wait-nodes": 30.0}
+    base = {**BASE, "result-path": str(result)}
     run_id = dep.start_run(EXAMPLE_APP, {**base, **config})
     status = dep.wait_run(run_id, RUN_TIMEOUT)
     assert result.exists(), f"the ServerApp wrote no result ({status}):\n{dep.logs()}"
@@ -151,8 +153,7 @@ def test_supernodes_killed_before_and_after_key_sharing(deployment: Deployment) 
               "nodes": _nodes(dep, list(range(N))), "progress-dir": str(progress),
               "pause-after": "advertise_keys,share_keys", "ledger-path": str(ledger)}
     result = dep.root / "drop.json"
-    run_id = dep.start_run(EXAMPLE_APP, {"task": "synthetic", "num-rounds": 1, "stage-timeout": STAGE_TIMEOUT,
-                                         "result-path": str(result), "wait-nodes": 30.0, **config})
+    run_id = dep.start_run(EXAMPLE_APP, {**BASE, "result-path": str(result), **config})
     first = _wait_file(dep, progress / "0-advertise_keys.json", RUN_TIMEOUT)
     assert len(first["answered"]) == N
     dep.kill_node(victim_early)  # advertised its keys, dies before sharing them
@@ -191,8 +192,8 @@ def test_too_few_nodes_typed_abort_then_superlink_serves_next_run(deployment: De
     progress = dep.root / "progress-few"
     progress.mkdir()
     result = dep.root / "few.json"
-    run_id = dep.start_run(EXAMPLE_APP, {"task": "synthetic", "mode": "integer", "dim": 32, "num-rounds": 1,
-                                         "neighbors": "all", "stage-timeout": STAGE_TIMEOUT,
+    run_id = dep.start_run(EXAMPLE_APP, {**BASE, "mode": "integer", "dim": 32,
+                                         "neighbors": "all",
                                          "result-path": str(result), "nodes": _nodes(dep, alive),
                                          "progress-dir": str(progress), "pause-after": "advertise_keys"})
     _wait_file(dep, progress / "0-advertise_keys.json", RUN_TIMEOUT)

@@ -13,11 +13,21 @@ from secagg_flower_app import task
 app = ClientApp()
 
 
+def _drops_out(context: Context) -> bool:
+    """Demo/test hook: the partitions listed in the run config's ``drop-partitions`` fail
+    their local training (a node lost mid-round: it answered the key stages, then went
+    silent at the masked input, so its mask key is recovered and its input left out)."""
+    drop = {int(x) for x in str(context.run_config.get("drop-partitions", "")).replace(",", " ").split()}
+    return int(context.node_config["partition-id"]) in drop
+
+
 def train_fn(arrays: ArrayRecord, config: ConfigRecord, context: Context) -> LocalUpdate:
     """Local training at the masked-input stage of a secure round."""
     rc = context.run_config
     partition = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
+    if _drops_out(context):
+        raise RuntimeError(f"partition {partition} drops out (drop-partitions)")
     current = {k: v.numpy() for k, v in arrays.items()}
     if rc["task"] == "synthetic":
         trained, n = task.synthetic_train(current, partition, str(rc["mode"]), int(rc["bits"]))
@@ -34,9 +44,31 @@ def train_fn(arrays: ArrayRecord, config: ConfigRecord, context: Context) -> Loc
     return LocalUpdate(model, n)  # an nn.Module: secagg.flower takes its state dict
 
 
-# secagg: every stage arrives as a "train.secagg" message (secagg.flower.register(app, train_fn)
-# does this in one line; the example wraps the handler for the misbehaving-node test hook).
-_secagg = SecAggClient(train_fn)
+def evaluate_fn(arrays: ArrayRecord, config: ConfigRecord, context: Context) -> tuple[dict[str, float], int]:
+    """Local evaluation (secure evaluation rounds and Flower's clear ``evaluate``)."""
+    rc = context.run_config
+    partition = int(context.node_config["partition-id"])
+    current = {k: v.numpy() for k, v in arrays.items()}
+    if rc["task"] == "synthetic":
+        return task.synthetic_local_eval(current, partition)
+    return task.digits_local_eval(current, partition, int(context.node_config["num-partitions"]),
+                                  hidden=int(rc["hidden"]))  # fmt: skip
+
+
+# secagg: every stage arrives as a "train.secagg" message (secagg.flower.register(app, train_fn,
+# evaluate_fn=evaluate_fn) does this in one line; the example wraps the handler for the
+# misbehaving-node test hook).
+_secagg = SecAggClient(train_fn, evaluate_fn=evaluate_fn)
+
+
+@app.evaluate()
+def clear_evaluate(message: Message, context: Context) -> Message:
+    """Flower's federated evaluation in the clear (``evaluate = "clear"``)."""
+    from flwr.app import MetricRecord, RecordDict
+
+    config = message.content.config_records.get("config", ConfigRecord())
+    metrics, n = evaluate_fn(message.content.array_records["arrays"], config, context)
+    return Message(RecordDict({"metrics": MetricRecord({**metrics, "num-examples": n})}), reply_to=message)
 
 
 @app.train("secagg")

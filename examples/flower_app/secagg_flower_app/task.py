@@ -97,3 +97,30 @@ def digits_accuracy(arrays: Arrays, hidden: int, num_partitions: int) -> float:
     model = digits_model(hidden)
     _load(model, arrays)
     return float(evaluate(model, data.test_x, data.test_y))
+
+
+def digits_local_eval(
+    arrays: Arrays, partition: int, num_partitions: int, *, hidden: int
+) -> tuple[dict[str, float], int]:
+    """Loss and accuracy of the global arrays on this node's own digits share."""
+    import torch
+
+    from secagg.torch.demo import load_digits_federated
+
+    data = load_digits_federated(max(num_partitions, 2), seed=0).client(partition + 1)
+    model = digits_model(hidden)
+    _load(model, arrays)
+    model.eval()
+    with torch.no_grad():
+        logits = model(data.x)
+        loss = float(torch.nn.functional.cross_entropy(logits, data.y).item())
+        acc = float((logits.argmax(dim=1) == data.y).float().mean().item())
+    return {"loss": loss, "accuracy": acc}, data.size
+
+
+def synthetic_local_eval(arrays: Arrays, partition: int) -> tuple[dict[str, float], int]:
+    """A known metric of the synthetic task: the squared distance of the global arrays to
+    this node's target (its update), and 1 - that distance clipped at 0 as an "accuracy"."""
+    flat = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays.values()])
+    loss = float(np.mean((flat - synthetic_delta(partition, flat.size)) ** 2))
+    return {"loss": loss, "accuracy": max(0.0, 1.0 - loss)}, synthetic_examples(partition)
