@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.benchmarks._validate import check_int, check_stage_ids
+from secagg.messages import Stage
 from secagg.rand import RngLike, as_random_source
 from secagg.simulate import STAGES
 
@@ -382,7 +383,7 @@ def run_flower_round(
                            agg, mean, correct, timings, quantize_s, up, down, senders, receivers, failures)
 
     # ---------------------------------------------------------------- stage 0: setup
-    st = STAGES[0]
+    st = Stage.ADVERTISE_KEYS.value
     t0 = clock()
     sampled = list(ids)
     order = [sampled[int(j)] for j in np.argsort(src.uint64(n), kind="stable")]  # random.shuffle
@@ -420,7 +421,7 @@ def run_flower_round(
         return result(False, "setup: a client has fewer than threshold active neighbours", [])
 
     # ---------------------------------------------------------------- stage 1: share keys
-    st = STAGES[1]
+    st = Stage.SHARE_KEYS.value
     replies: dict[int, dict[str, Any]] = {}
     for nid in sorted(active):
         t0 = clock()
@@ -454,7 +455,7 @@ def run_flower_round(
         return result(False, "share_keys: a client has fewer than threshold active neighbours", [])
 
     # ---------------------------------------------------------------- stage 2: masked vectors
-    st = STAGES[2]
+    st = Stage.MASKED_INPUT.value
     masked_vector: list[npt.NDArray[Any]] | None = None
     arrived: set[int] = set()
     expected: npt.NDArray[np.int64] | None = np.zeros(d, dtype=np.int64) if check else None
@@ -494,7 +495,7 @@ def run_flower_round(
         return result(False, "collect_masked_vectors: a client has fewer than threshold active neighbours", survivors)
 
     # ---------------------------------------------------------------- stage 3: unmask
-    st = STAGES[3]
+    st = Stage.UNMASKING.value
     active_nids = set(active)
     dead_nids = sampled_set - active_nids
     collected: dict[int, list[bytes]] = {v: [] for v in sampled}
