@@ -89,6 +89,7 @@ from secagg.identity import (
     seed_commitment,
     share_leaf,
     survivor_statement,
+    survivor_statement_parts,
     verify_share_proof,
 )
 from secagg.messages import (
@@ -222,6 +223,22 @@ def roster_graph(config: RoundConfig, roster: Roster) -> dict[int, frozenset[int
     recomputable by every client from the roster alone."""
     k = None if config.complete else config.k
     return _graph.neighbour_graph(list(roster.ids()), k, graph_seed(roster))
+
+
+def _local_graph(config: RoundConfig, roster: Roster, me: int) -> dict[int, frozenset[int]]:
+    """Active mode: the neighbourhoods of ``me`` and of each of its neighbours in
+    :func:`roster_graph` (the same sets), without building the whole graph: one ring order,
+    then 1 + k ring neighbourhoods instead of n."""
+    ids = list(roster.ids())
+    if config.complete or config.k >= len(ids) - 1:
+        graph = roster_graph(config, roster)
+        return {v: graph[v] for v in (me, *graph[me])}
+    order = _graph.permutation(ids, graph_seed(roster))
+    pos = {cid: i for i, cid in enumerate(order)}
+    mine = _graph._ring_neighbours(order, pos[me], config.k)
+    out = {v: _graph._ring_neighbours(order, pos[v], config.k) for v in mine}
+    out[me] = mine
+    return out
 
 
 def mask_sign(me: int, peer: int) -> int:
@@ -579,9 +596,8 @@ class ClientSession:
             raise SecurityViolation(f"client {me}: roster of {len(ids)} clients is below min_clients={cfg.min_clients}")
         peer_graph: dict[int, frozenset[int]] = {}
         if self._active:
-            graph = roster_graph(cfg, roster)
-            neighbours = graph[me]
-            peer_graph = {v: graph[v] for v in neighbours}
+            peer_graph = _local_graph(cfg, roster, me)
+            neighbours = peer_graph.pop(me)
         else:
             neighbours = _graph.neighbours(ids, None if cfg.complete else cfg.k, graph_seed(roster), me)
         if len(neighbours) < cfg.t:
@@ -686,9 +702,10 @@ class ClientSession:
                 key_leaf = share_leaf(cfg.round_id, v, me, KEY_SHARE, payload.key_share)
                 seed_leaf = share_leaf(cfg.round_id, v, me, SEED_SHARE, payload.seed_share)
                 root, proof = self._roots[v], payload.proof
+                # The two leaves are siblings (x's key share at 2(x-1), its seed share next):
+                # the key share's path starts with the seed share's leaf, so one path checks both.
                 if not (
-                    verify_share_proof(root, key_leaf, me, KEY_SHARE, proof, cfg.n)
-                    and verify_share_proof(root, seed_leaf, me, SEED_SHARE, (key_leaf, *proof[1:]), cfg.n)
+                    proof and proof[0] == seed_leaf and verify_share_proof(root, key_leaf, me, KEY_SHARE, proof, cfg.n)
                 ):
                     raise SecurityViolation(f"client {me}: shares from {v} are not the ones {v} signed")
                 proofs[v] = proof
@@ -784,18 +801,27 @@ class ClientSession:
         partners = set(self._partners)
         if set(req.survivors) != partners & survivors or set(req.dropped) != partners - survivors:
             raise SecurityViolation(f"client {me}: request lists disagree with the survivor set this client signed")
-        good: set[int] = set()
+        # Each signer's statement of this one set is verified at most once in the session
+        # (``good``), whichever peers it counts for; this client's own signature counts
+        # without a verification (it signed ``mine``, equal to ``told``).  Signers near this
+        # client (in the neighbourhoods of many partners) are tried first, so few suffice.
+        prefix, suffix = survivor_statement_parts(cfg.round_id, self._fp, self._md, told)
+        good: set[int] = {me}
+        reach: dict[int, int] = {}
+        for v in partners:
+            for w in self._peer_graph[v] & survivors:
+                reach[w] = reach.get(w, 0) + 1
         for v in sorted(partners):
             holders = self._peer_graph[v] & survivors
             count = len(holders & good)
-            for w in sorted(holders - good):
+            for w in sorted(holders - good, key=lambda u: (-reach[u], u)):
                 if count >= cfg.t:
                     break
                 theirs = sigs.get(w)
                 if theirs is None:
                     continue
                 try:
-                    alliance.verify(w, survivor_statement(cfg.round_id, self._fp, self._md, w, told), theirs)
+                    alliance.verify(w, prefix + w.to_bytes(4, "big") + suffix, theirs)
                 except SignatureError as exc:
                     raise SecurityViolation(f"client {me}: a survivor-set signature does not verify: {exc}") from exc
                 good.add(w)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ __all__ = [
     "share_leaf",
     "share_tree_depth",
     "survivor_statement",
+    "survivor_statement_parts",
     "verify_share_proof",
 ]
 
@@ -340,13 +342,20 @@ def survivor_statement(
     round_id: bytes, fingerprint: bytes, model: bytes, signer: int, survivors: Sequence[int]
 ) -> bytes:
     """What a client signs in the consistency round: the survivor set it was told."""
+    prefix, suffix = survivor_statement_parts(round_id, fingerprint, model, survivors)
+    return prefix + signer.to_bytes(4, "big") + suffix
+
+
+def survivor_statement_parts(
+    round_id: bytes, fingerprint: bytes, model: bytes, survivors: Sequence[int]
+) -> tuple[bytes, bytes]:
+    """The bytes of :func:`survivor_statement` before and after the signer's id (u32): one
+    survivor set is the same statement from every signer but for that field, so a party
+    that checks many signers' statements encodes the set once."""
     w = _Writer()
     _head(w, _SURVIVORS, round_id, fingerprint, model)
-    w.u32(signer)
-    w.u32(len(survivors))
-    for v in survivors:
-        w.u32(v)
-    return w.getvalue()
+    suffix = struct.pack(f">I{len(survivors)}I", len(survivors), *survivors)
+    return w.getvalue(), suffix
 
 
 def reveal_statement(round_id: bytes, fingerprint: bytes, model: bytes, unsigned_message: bytes) -> bytes:
@@ -375,11 +384,12 @@ def share_tree_depth(n: int) -> int:
 def share_leaf(round_id: bytes, dealer: int, x: int, kind: int, share: bytes) -> bytes:
     """Leaf of the share tree: the dealer's share of one secret (``kind`` 0 = mask key,
     1 = self-mask seed) for the holder at x-coordinate ``x``."""
-    h = hashlib.sha256(_LEAF)
-    h.update(bytes([len(round_id)]) + round_id)
-    h.update(dealer.to_bytes(4, "big") + x.to_bytes(4, "big") + bytes([kind]))
-    h.update(len(share).to_bytes(4, "big") + share)
-    return h.digest()
+    return hashlib.sha256(
+        b"".join((_LEAF, bytes((len(round_id),)), round_id, _LEAF_FIELDS.pack(dealer, x, kind, len(share)), share))
+    ).digest()
+
+
+_LEAF_FIELDS = struct.Struct(">IIBI")
 
 
 def _index(x: int, kind: int) -> int:

@@ -76,6 +76,7 @@ _U32 = struct.Struct(">I")
 _F64 = struct.Struct(">d")
 _ROSTER_ITEM = struct.Struct(">I32s32s")
 _SIGNED_ROSTER_ITEM = struct.Struct(">I32s32s32s32s64s")
+_SIGNATURE_ITEM = struct.Struct(">I64s")
 
 
 class Stage(str, Enum):
@@ -208,21 +209,23 @@ def _check_signed(name: str, fields: tuple[object, ...], sizes: tuple[int, ...])
 def _check_proof(name: str, proof: object) -> None:
     if not isinstance(proof, tuple) or len(proof) > MAX_PROOF:
         raise MessageError(f"{name} must be a tuple of at most {MAX_PROOF} hashes")
+    if all(type(node) is bytes and len(node) == HASH_BYTES for node in proof):
+        return
     for node in proof:
         _check_fixed(f"{name} node", node, HASH_BYTES)
 
 
 def _write_proof(w: _Writer, proof: tuple[bytes, ...]) -> None:
     w.u8(len(proof))
-    for node in proof:
-        w.fixed(node)
+    w.fixed(b"".join(proof))
 
 
 def _read_proof(r: _Reader, what: str) -> tuple[bytes, ...]:
     count = r.u8(f"length of {what}")
     if count > MAX_PROOF:
         raise MessageError(f"{what}: {count} nodes exceeds {MAX_PROOF}")
-    return tuple(r.fixed(HASH_BYTES, what) for _ in range(count))
+    raw = r.fixed(count * HASH_BYTES, what)
+    return tuple(raw[i : i + HASH_BYTES] for i in range(0, len(raw), HASH_BYTES))
 
 
 def _check_bytes(name: str, v: object, *, nonempty: bool = True) -> None:
@@ -255,6 +258,9 @@ def _check_items(name: str, items: object, cls: type[_T], key: Callable[[_T], in
 def _check_id_tuple(name: str, ids: object) -> None:
     if not isinstance(ids, tuple):
         raise MessageError(f"{name} must be a tuple of client ids, got {type(ids).__name__}")
+    fast = all(type(v) is int for v in ids) and (not ids or (ids[0] >= 1 and ids[-1] <= MAX_CLIENTS))
+    if fast and all(a < b for a, b in itertools.pairwise(ids)):  # sorted: the ends bound every id
+        return
     for v in ids:
         _check_id(f"{name} entry", v)
     _check_sorted_ids(name, ids)
@@ -767,14 +773,12 @@ class SurvivorSignature:
 
 
 def _write_id_list(w: _Writer, ids: tuple[int, ...]) -> None:
-    w.u32(len(ids))
-    for v in ids:
-        w.u32(v)
+    w.fixed(struct.pack(f">I{len(ids)}I", len(ids), *ids))
 
 
 def _read_id_list(r: _Reader, name: str) -> tuple[int, ...]:
     n = r.count(name, 4)
-    return tuple(r.u32(name) for _ in range(n))
+    return struct.unpack(f">{n}I", r._take(4 * n, name))
 
 
 @dataclass(frozen=True)
@@ -806,16 +810,15 @@ class UnmaskRequest(Message):
         for ids in (self.survivors, self.dropped, self.survivor_set):
             _write_id_list(w, ids)
         w.u32(len(self.signatures))
-        for sig in self.signatures:
-            w.u32(sig.signer)
-            w.fixed(sig.signature)
+        w.fixed(b"".join(_SIGNATURE_ITEM.pack(sig.signer, sig.signature) for sig in self.signatures))
 
     @classmethod
     def _read(cls, r: _Reader, round_id: bytes) -> UnmaskRequest:
         receiver = r.u32("receiver")
         lists = [_read_id_list(r, name) for name in ("survivors", "dropped", "survivor_set")]
-        n = r.count("signatures", 4 + SIG_BYTES)
-        sigs = tuple(SurvivorSignature(r.u32("signer"), r.fixed(SIG_BYTES, "signature")) for _ in range(n))
+        n = r.count("signatures", _SIGNATURE_ITEM.size)
+        raw = r._take(n * _SIGNATURE_ITEM.size, "signatures")
+        sigs = tuple(SurvivorSignature(signer, sig) for signer, sig in _SIGNATURE_ITEM.iter_unpack(raw))
         return cls(round_id, receiver, lists[0], lists[1], lists[2], sigs)
 
 
@@ -982,4 +985,3 @@ def decode_message(data: bytes | bytearray | memoryview, expected: type[Message]
     if cls is not MaskedInput:
         object.__setattr__(msg, "_wire", bytes(buf))  # canonical: the bytes are its encoding
     return msg
-

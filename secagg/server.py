@@ -87,7 +87,7 @@ from secagg.identity import (
     reveal_statement,
     seed_commitment,
     share_leaf,
-    survivor_statement,
+    survivor_statement_parts,
     verify_share_proof,
 )
 from secagg.messages import (
@@ -260,6 +260,7 @@ class ServerSession:
         self._keys: dict[int, AdvertiseKeys] = {}
         self._key_owner: dict[bytes, int] = {}
         self._roster: Roster | None = None
+        self._entries: dict[int, RosterEntry] = {}
         self._graph: dict[int, frozenset[int]] = {}
         self._bundles: dict[int, dict[int, bytes]] = {}  # sender -> receiver -> ciphertext
         self._u2: frozenset[int] = frozenset()
@@ -275,6 +276,7 @@ class ServerSession:
         self._evidence: dict[int, Evidence] = {}
         self._u4: set[int] = set()
         self._survivor_set: tuple[int, ...] = ()
+        self._survivor_parts: tuple[bytes, bytes] | None = None
         self._survivor_sigs: dict[int, bytes] = {}
         self._reveals: dict[int, SignedStatement] = {}
         self._share_proofs: dict[tuple[int, int, int], tuple[bytes, ...]] = {}  # (owner, holder, kind)
@@ -545,6 +547,7 @@ class ServerSession:
         if low < cfg.t:
             raise self._abort(f"{len(ids)} clients give a client only {low} neighbours, fewer than t={cfg.t}")
         self._roster, self._graph = roster, graph
+        self._entries = {e.client_id: e for e in roster.clients}
         self._awaited = set(ids)
         self._state = ServerState.COLLECT_SHARES
         return {c: roster for c in ids}
@@ -649,7 +652,12 @@ class ServerSession:
     # -- stage 4 (active mode): consistency ------------------------------------------------
 
     def _survivor_statement(self, signer: int) -> bytes:
-        return survivor_statement(self._config.round_id, self._fp, self._md, signer, self._survivor_set)
+        if self._survivor_parts is None:
+            self._survivor_parts = survivor_statement_parts(
+                self._config.round_id, self._fp, self._md, self._survivor_set
+            )
+        prefix, suffix = self._survivor_parts
+        return prefix + signer.to_bytes(4, "big") + suffix
 
     def _on_consistency(self, msg: ConsistencyCheck) -> None:
         assert self._alliance is not None
@@ -728,7 +736,7 @@ class ServerSession:
         statement = reveal_statement(cfg.round_id, self._fp, self._md, msg.unsigned())
         alliance.verify(msg.sender, statement, msg.signature)
         signed = SignedStatement(msg.sender, statement, msg.signature)
-        entries = {e.client_id: e for e in roster.clients}
+        entries = self._entries
         for kind, items in ((SEED_SHARE, msg.self_shares), (KEY_SHARE, msg.key_shares)):
             for s in items:
                 dealer = entries[s.owner]
@@ -757,7 +765,7 @@ class ServerSession:
         if len(holders) < t:
             raise self._abort(f"only {len(holders)} shares of client {owner}'s {what}, fewer than t={t}")
         used = holders[:t]
-        entry = next(e for e in roster.clients if e.client_id == owner)
+        entry = self._entries[owner]
         try:
             secret = _shamir.combine([pool[h] for h in used], t)
             ok = (
