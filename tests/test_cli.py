@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from secagg.cli import CheckFailed, UsageError, exit_code, fraction, int_at_least, main
+from secagg.driver import STAGES
 from secagg.errors import ProtocolAbort, SecAggTypeError, SecAggValueError, UnsafeParametersError
 from secagg.graph import ThreatModel, choose_parameters
 
@@ -35,8 +36,9 @@ def test_round_sizes_the_threat_model_for_the_dropouts_it_simulates(n: int, caps
     assert main(ok) == 0
     out = capsys.readouterr().out
     assert f"{most} dropouts" in out and "aggregate checked" in out
-    # round(F n) dropouts spread over the stages; those at unmasking are already in the sum.
-    assert f"sum of the {n - most + most // 4} survivors" in out
+    # round(F n) dropouts spread over the stages; those after masked_input are already in the sum.
+    after = len(STAGES) - 1 - STAGES.index("masked_input")
+    assert f"sum of the {n - most + after * (most // len(STAGES))} survivors" in out
     # One more dropout than any safe configuration of n clients tolerates: exit 1, one line.
     too_many = ["round", "--clients", str(n), "--dim", "4", "--dropout", str((most + 1) / n)]
     assert main(too_many) == 1

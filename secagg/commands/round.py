@@ -1,7 +1,7 @@
 """``secagg round``: run one simulated secure-aggregation round and print what happened.
 
 Random inputs in [0, 2^bits) are drawn from the seed, ``round(F n)`` of the clients go
-silent, spread over the four stages, and the aggregate is checked against the plaintext
+silent, spread over the stages, and the aggregate is checked against the plaintext
 sum of the survivors' inputs.  The threat model is sized for what is simulated: it
 declares those dropouts and the ``--colluders``, so the chosen graph and threshold
 tolerate them (:func:`secagg.graph.choose_parameters`).
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=fraction,
         default=0.05,
         metavar="F",
-        help="fraction of clients that go silent, spread over the four stages; the threat model is sized "
+        help="fraction of clients that go silent, spread over the stages; the threat model is sized "
         "to tolerate them (default 0.05)",
     )
     parser.add_argument(
