@@ -228,13 +228,20 @@ class CountingGrid(Grid):
     pushed and pulled per destination/source node (deflated objects, as Flower ships
     them; HTTP framing excluded).  Use it to compare workflows on equal terms.
 
+    Args:
+        grid: the ServerApp's grid.
+        poll_interval: seconds between pulls in :meth:`send_and_receive` (Flower's own
+            grid waits 3 s between pulls, which a plain message exchange pays in full; a
+            strategy's clear evaluation messages go through it).
+
     Attributes:
         sent: node id -> bytes of messages pushed to it.
         received: node id -> bytes of replies pulled from it.
     """
 
-    def __init__(self, grid: Grid) -> None:
+    def __init__(self, grid: Grid, *, poll_interval: float = 3.0) -> None:
         self._grid = grid
+        self.poll_interval = check_number("poll_interval", poll_interval, lo=0.0, lo_open=True)
         self.sent: dict[int, int] = {}
         self.received: dict[int, int] = {}
 
@@ -276,7 +283,8 @@ class CountingGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[FlowerMessage], *, timeout: float | None = None
     ) -> Iterable[FlowerMessage]:
-        """Flower's loop (push, then pull every 3 s until all replied or ``timeout``), counted."""
+        """Flower's loop (push, then pull every ``poll_interval`` s until all replied or
+        ``timeout``), counted."""
         ids = {i for i in self.push_messages(messages) if i}
         end = None if timeout is None else time.monotonic() + timeout
         out: list[FlowerMessage] = []
@@ -285,5 +293,5 @@ class CountingGrid(Grid):
             out.extend(got)
             ids.difference_update(m.metadata.reply_to_message_id for m in got)
             if ids:
-                time.sleep(3)
+                time.sleep(self.poll_interval)
         return out

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from secagg.flower import LocalUpdate, SecAggClient
@@ -91,6 +92,31 @@ def _truncated(message: Message, reply: Message) -> Message:
     data = unpack_payload(reply.content.array_records[PAYLOAD_KEY])
     reply.content.array_records[PAYLOAD_KEY] = pack_payload(data[: len(data) // 2])
     return reply
+
+
+# --- timing baselines (workflow "plain-fedavg" / "latency", see timing.py) ---
+@app.train("plain")
+def plain_train(message: Message, context: Context) -> Message:
+    """A plain FedAvg training message (``train.plain``, no secure aggregation): the same
+    train_fn.  (Flower's default ``train`` handler is the SecAgg+ baseline's.)"""
+    from flwr.app import MetricRecord, RecordDict
+
+    arrays = message.content.array_records["arrays"]
+    config = message.content.config_records.get("config", ConfigRecord())
+    upd = train_fn(arrays, config, context)
+    from secagg.flower.client import _to_numpy
+
+    trained = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in _to_numpy(upd.arrays).items()})
+    return Message(RecordDict({"arrays": trained, "metrics": MetricRecord({"num-examples": upd.num_examples})}),
+                   reply_to=message)  # fmt: skip
+
+
+@app.query()
+def ping(message: Message, context: Context) -> Message:
+    """An empty reply: Flower's per-message round trip."""
+    from flwr.app import RecordDict
+
+    return Message(RecordDict(), reply_to=message)
 
 
 # --- Flower's own SecAgg+ (benchmark baseline): a legacy NumPyClient behind secaggplus_mod ---

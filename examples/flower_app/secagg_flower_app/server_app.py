@@ -61,8 +61,8 @@ class CohortGrid(CountingGrid):
     """The grid restricted to the cohort's nodes (and counting bytes): the strategy samples
     from these only."""
 
-    def __init__(self, grid: Grid, nodes: list[int]) -> None:
-        super().__init__(grid)
+    def __init__(self, grid: Grid, nodes: list[int], poll_interval: float) -> None:
+        super().__init__(grid, poll_interval=poll_interval)
         self.cohort = list(nodes)
 
     def get_node_ids(self) -> list[int]:
@@ -133,6 +133,11 @@ def main(grid: Grid, context: Context) -> None:
 
         run_baseline(grid, context)
         return
+    if rc["workflow"] in ("plain-fedavg", "latency"):
+        from secagg_flower_app.timing import run_timing
+
+        run_timing(grid, context)
+        return
     t_run = time.perf_counter()
     mode = str(rc["mode"])
     out: dict[str, Any] = {"workflow": "secagg", "mode": mode, "task": rc["task"], "rounds": []}
@@ -142,7 +147,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         nodes = select_nodes(grid, rc)
         out["nodes"] = nodes
-        counting = CohortGrid(grid, nodes)
+        counting = CohortGrid(grid, nodes, float(rc["poll-interval"]))
         cfg = SecAggConfig(
             mode=mode,
             bits=int(rc["bits"]),
