@@ -40,13 +40,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secagg.errors import MessageError, SecAggTypeError, SecAggValueError, SignatureError
-from secagg.messages import MAX_CLIENTS, WIRE_VERSION, _Writer
+from secagg.messages import MAX_CLIENTS, ROUND_ID_MAX, ROUND_ID_MIN, WIRE_VERSION, _Reader, _Writer
 from secagg.rand import RngLike, as_random_source
 
 __all__ = [
     "ALLIANCE_FORMAT",
     "PUBLIC_KEY_BYTES",
     "SIGNATURE_BYTES",
+    "Advertisement",
     "Alliance",
     "Evidence",
     "IdentityKey",
@@ -54,6 +55,7 @@ __all__ = [
     "SignedStatement",
     "advertisement_statement",
     "generate_alliance",
+    "parse_advertisement",
     "reveal_statement",
     "seed_commitment",
     "share_leaf",
@@ -336,6 +338,54 @@ def advertisement_statement(  # noqa: PLR0917 - the fields the issue names
     for part in (mask_key, enc_key, commitment, share_root):
         w.fixed(part)
     return w.getvalue()
+
+
+@dataclass(frozen=True)
+class Advertisement:
+    """The fields of a signed :func:`advertisement_statement` (parsed back by
+    :func:`parse_advertisement`)."""
+
+    round_id: bytes
+    fingerprint: bytes
+    model: bytes
+    client_id: int
+    mask_key: bytes
+    enc_key: bytes
+    commitment: bytes
+    share_root: bytes
+
+    def statement(self) -> bytes:
+        """The canonical statement (what the client signed)."""
+        return advertisement_statement(
+            self.round_id, self.fingerprint, self.model, self.client_id,
+            self.mask_key, self.enc_key, self.commitment, self.share_root,
+        )  # fmt: skip
+
+
+def parse_advertisement(statement: bytes) -> Advertisement:
+    """The fields of an :func:`advertisement_statement`.  Strict: only
+    :class:`~secagg.errors.MessageError` escapes (another domain or version, a truncated or
+    trailing field, a field of the wrong size)."""
+    if not isinstance(statement, bytes):
+        raise MessageError(f"an advertisement statement is bytes, got {type(statement).__name__}")
+    if not statement.startswith(_ADVERTISE):
+        raise MessageError("not an advertisement statement (domain label)")
+    r = _Reader(memoryview(statement), len(_ADVERTISE))
+    if r.u8("version") != WIRE_VERSION:
+        raise MessageError(f"advertisement statement of another wire version (this library signs {WIRE_VERSION})")
+    rid_len = r.u8("round id length")
+    if not ROUND_ID_MIN <= rid_len <= ROUND_ID_MAX:
+        raise MessageError("advertisement statement: round id length out of range")
+    round_id = r.fixed(rid_len, "round id")
+    fingerprint, model = r.var("spec fingerprint"), r.var("model digest")
+    if len(fingerprint) != 32 or len(model) not in (0, 32):
+        raise MessageError("advertisement statement: spec fingerprint or model digest is not a SHA-256 digest")
+    cid = r.u32("client id")
+    parts = [r.fixed(32, name) for name in ("mask key", "encryption key", "commitment", "share root")]
+    r.end()
+    if cid == 0:
+        raise MessageError("advertisement statement: client id 0")
+    return Advertisement(round_id, fingerprint, model, cid, *parts)
 
 
 def survivor_statement(

@@ -15,6 +15,8 @@ guaranteed against a server colluding with ``colluders`` clients).
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,19 +27,32 @@ from dp.errors import BudgetExceededError
 from dp.ledger import Ledger, canonical_json
 from dp.tracker import PrivacyTracker, RoundEpsilon, RoundPrivacy
 from secagg._validate import check_int
-from secagg.errors import SecAggTypeError, SecAggValueError
-from secagg.messages import RoundConfig
+from secagg.errors import MessageError, SecAggTypeError, SecAggValueError
+from secagg.identity import (
+    Alliance,
+    SignedStatement,
+    advertisement_statement,
+    parse_advertisement,
+    survivor_statement,
+)
+from secagg.messages import MAX_CLIENTS, RoundConfig
+from secagg.server import AggregateResult
 from secagg.spec import RoundSpec
 
 __all__ = [
+    "AUDIT_FORMAT",
     "NOISE_UNITS",
+    "Contribution",
     "PlainRound",
     "RoundAccount",
     "account_round",
+    "audit_trail",
     "check_budget",
     "ledger_header",
     "protocol_summary",
     "round_privacy",
+    "security_mode",
+    "verify_contributions",
 ]
 
 #: Units of ``noise_present`` / ``noise_guaranteed`` in a distributed-DP ledger record.
@@ -242,6 +257,243 @@ def _from_spec(spec: RoundSpec, total_weight: int | None, survivors: int) -> tup
     return PlainRound("integer", float(2**spec.bits - 1), total_weight), fields
 
 
+# ----------------------------------------------------------------------------- audit trail
+
+#: Version of the ``audit`` object of a round record (:func:`audit_trail`).
+AUDIT_FORMAT = 1
+_AD_FIELDS = ("mask_key", "enc_key", "commitment", "share_root")
+
+
+def security_mode(config: RoundConfig) -> str:
+    """``"active"`` or ``"semi-honest"``: the protocol a round ran, as records and reports state it."""
+    return "active" if config.active else "semi-honest"
+
+
+def audit_trail(result: AggregateResult, spec: RoundSpec) -> dict[str, Any]:
+    """The verifiable record of who contributed to a round (JSON-ready, canonical order).
+
+    ``{"format": 1, "mode": "active" | "semi-honest", "survivor_set": [ids],
+    "advertisements": [...], "survivor_signatures": [...], "evidence": [...]}``: in active
+    mode every roster entry's signed advertisement (client id, its two X25519 keys, seed
+    commitment and share root in hex, its Ed25519 signature and ``digest``, the SHA-256 of
+    the signed statement), the survivor set the survivors signed and each signature of it,
+    and the evidence of every exclusion (:meth:`~secagg.identity.Evidence.to_dict`).  The
+    round id, spec fingerprint and model digest the statements sign are the record's own
+    fields (``round_id``, ``spec``, ``model_digest``), so :func:`verify_contributions`
+    rebuilds every statement from the record and a trail copied into another round's
+    record does not verify.  A semi-honest round has no signatures: its trail names the
+    survivors and nothing proves them.
+
+    Raises:
+        SecAggValueError: ``result`` is not of this spec's round (mode, round id, spec or
+            model digest of a statement differ).
+    """
+    if not isinstance(result, AggregateResult):
+        raise SecAggTypeError(f"audit needs the round's AggregateResult, got {type(result).__name__}")
+    if not isinstance(spec, RoundSpec):
+        raise SecAggTypeError(f"spec must be a secagg.spec.RoundSpec, got {type(spec).__name__}")
+    if result.active != spec.protocol.active:
+        raise SecAggValueError(
+            f"the result is of a {'n active' if result.active else ' semi-honest'} round, the spec not"
+        )
+    want = (spec.protocol.round_id, bytes.fromhex(spec.fingerprint), _model_bytes(spec.model_digest))
+    ads: list[dict[str, Any]] = []
+    for signed in result.advertisements:
+        ad = parse_advertisement(signed.statement)
+        if (ad.round_id, ad.fingerprint, ad.model) != want or ad.client_id != signed.signer:
+            raise SecAggValueError(f"client {signed.signer}'s advertisement is not of this round, spec and model")
+        ads.append({
+            "client": ad.client_id,
+            **{name: getattr(ad, name).hex() for name in _AD_FIELDS},
+            "signature": signed.signature.hex(),
+            "digest": hashlib.sha256(signed.statement).hexdigest(),
+        })  # fmt: skip
+    survivor_set = list(result.survivor_set) if result.active else list(result.survivors)
+    sigs = []
+    for signed in result.survivor_signatures:
+        if signed.statement != survivor_statement(*want, signed.signer, result.survivor_set):
+            raise SecAggValueError(f"client {signed.signer}'s survivor-set signature is not of this round's set")
+        sigs.append({"signer": signed.signer, "signature": signed.signature.hex()})
+    return {
+        "format": AUDIT_FORMAT,
+        "mode": "active" if result.active else "semi-honest",
+        "survivor_set": survivor_set,
+        "advertisements": ads,
+        "survivor_signatures": sigs,
+        "evidence": [ev.to_dict() for _, ev in sorted(result.evidence.items())],
+    }
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One client's verified part in one round (:func:`verify_contributions`).
+
+    Attributes:
+        round: the record's round index.
+        client: the client id (the alliance's).
+        key_fingerprint: SHA-256 (hex) of its Ed25519 identity key.
+        spec: the round-spec fingerprint it signed.
+        model_digest: the model digest it signed (None: the round named no model).
+        signed_survivor_set: whether it also signed the survivor set (False: its input is
+            in the sum but it went silent in the consistency round).
+    """
+
+    round: int
+    client: int
+    key_fingerprint: str
+    spec: str
+    model_digest: str | None
+    signed_survivor_set: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "round": self.round,
+            "client": self.client,
+            "key_fingerprint": self.key_fingerprint,
+            "spec": self.spec,
+            "model_digest": self.model_digest,
+            "signed_survivor_set": self.signed_survivor_set,
+        }
+
+
+def _model_bytes(digest: str | None) -> bytes:
+    return b"" if digest is None else bytes.fromhex(digest)
+
+
+def _field(obj: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+    value = obj.get(name) if isinstance(obj, Mapping) else None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MessageError(f"{where}: {name!r} must be a {kind.__name__}")
+    return value
+
+
+def _hex_field(obj: Mapping[str, Any], name: str, size: int, where: str) -> bytes:
+    text = _field(obj, name, str, where)
+    if len(text) != 2 * size or text != text.lower():
+        raise MessageError(f"{where}: {name!r} must be {2 * size} lowercase hex characters")
+    try:
+        return bytes.fromhex(text)
+    except ValueError as exc:
+        raise MessageError(f"{where}: {name!r} is not hex") from exc
+
+
+def _ids(values: object, where: str) -> list[int]:
+    if not isinstance(values, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_CLIENTS for v in values
+    ):
+        raise MessageError(f"{where} must be a list of client ids")
+    if any(a >= b for a, b in itertools.pairwise(values)):
+        raise MessageError(f"{where} must be strictly ascending")
+    return list(values)
+
+
+def verify_contributions(record: Mapping[str, Any], alliance: Alliance) -> tuple[Contribution, ...]:
+    """Check every signature of a round record's audit trail against ``alliance``; return
+    who contributed (the survivor set, each with its verified advertisement).
+
+    Checks: the record states active mode and carries a trail of :data:`AUDIT_FORMAT`;
+    every advertisement, rebuilt from the record's round id, spec fingerprint and model
+    digest, has its digest and its owner's valid signature; the survivor set has the
+    record's survivor count, names only advertised clients, and at least ``min_clients``
+    of them signed it (each signature valid); every signed statement of every evidence
+    entry is valid.
+
+    Raises:
+        MessageError: the record has no trail, is semi-honest (nothing is signed), or the
+            trail is malformed or inconsistent with the record.
+        SignatureError: a signature does not verify (or names a client outside the alliance).
+    """
+    if not isinstance(alliance, Alliance):
+        raise SecAggTypeError(f"alliance must be a secagg.Alliance, got {type(alliance).__name__}")
+    if not isinstance(record, Mapping):
+        raise MessageError("a ledger round record is a JSON object")
+    where = f"round {record.get('round')!r}"
+    audit = record.get("audit")
+    if not isinstance(audit, Mapping):
+        raise MessageError(f"{where}: no audit trail (recorded without the round's result)")
+    if audit.get("format") != AUDIT_FORMAT or isinstance(audit.get("format"), bool):
+        raise MessageError(f"{where}: audit trail of another format (this library reads {AUDIT_FORMAT})")
+    expected = {"format", "mode", "survivor_set", "advertisements", "survivor_signatures", "evidence"}
+    if set(audit) != expected:
+        raise MessageError(f"{where}: the audit trail has exactly the fields {sorted(expected)}")
+    if audit["mode"] != "active" or record.get("security_mode") != "active":
+        raise MessageError(f"{where}: a semi-honest round; nothing in it is signed, so no contribution can be verified")
+    round_index = _field(record, "round", int, where)
+    try:
+        round_id = bytes.fromhex(_field(record, "round_id", str, where))
+    except ValueError as exc:
+        raise MessageError(f"{where}: round_id is not hex") from exc
+    fp = _hex_field(record, "spec", 32, where)
+    md: bytes = b"" if record.get("model_digest") is None else _hex_field(record, "model_digest", 32, where)
+    advertised: dict[int, bytes] = {}
+    ads = audit["advertisements"]
+    if not isinstance(ads, list) or not ads:
+        raise MessageError(f"{where}: advertisements must be a non-empty list")
+    for i, ad in enumerate(ads):
+        at = f"{where}: advertisement {i}"
+        if not isinstance(ad, Mapping) or set(ad) != {"client", *_AD_FIELDS, "signature", "digest"}:
+            raise MessageError(f"{at}: unexpected fields")
+        cid = _field(ad, "client", int, at)
+        if advertised and cid <= max(advertised):
+            raise MessageError(f"{at}: advertisements must be sorted by client id")
+        parts = [_hex_field(ad, name, 32, at) for name in _AD_FIELDS]
+        statement = advertisement_statement(round_id, fp, md, cid, *parts)
+        if hashlib.sha256(statement).digest() != _hex_field(ad, "digest", 32, at):
+            raise MessageError(f"{at}: digest is not the SHA-256 of the statement the record describes")
+        alliance.verify(cid, statement, _hex_field(ad, "signature", 64, at))
+        advertised[cid] = statement
+    survivors = _ids(audit["survivor_set"], f"{where}: survivor_set")
+    if len(survivors) != record.get("survivors"):
+        raise MessageError(
+            f"{where}: the survivor set has {len(survivors)} clients, the record {record.get('survivors')}"
+        )
+    strangers = sorted(set(survivors) - set(advertised))
+    if strangers:
+        raise MessageError(f"{where}: survivors {strangers[:5]} never advertised keys")
+    sig_list = audit["survivor_signatures"]
+    if not isinstance(sig_list, list):
+        raise MessageError(f"{where}: survivor_signatures must be a list")
+    signers: list[int] = []
+    for i, item in enumerate(sig_list):
+        at = f"{where}: survivor signature {i}"
+        if not isinstance(item, Mapping) or set(item) != {"signer", "signature"}:
+            raise MessageError(f"{at}: unexpected fields")
+        w = _field(item, "signer", int, at)
+        if w not in set(survivors) or (signers and w <= signers[-1]):
+            raise MessageError(f"{at}: signer {w} is not a survivor, or signers are not ascending")
+        alliance.verify(w, survivor_statement(round_id, fp, md, w, survivors), _hex_field(item, "signature", 64, at))
+        signers.append(w)
+    protocol = record.get("protocol")
+    floor = protocol.get("min_clients") if isinstance(protocol, Mapping) else None
+    if not isinstance(floor, int) or len(signers) < floor:
+        raise MessageError(f"{where}: {len(signers)} survivors signed the survivor set, below min_clients={floor}")
+    evidence = audit["evidence"]
+    if not isinstance(evidence, list):
+        raise MessageError(f"{where}: evidence must be a list")
+    for i, ev in enumerate(evidence):
+        at = f"{where}: evidence {i}"
+        statements = ev.get("statements") if isinstance(ev, Mapping) else None
+        if not isinstance(statements, list):
+            raise MessageError(f"{at}: statements must be a list")
+        for st in statements:
+            signer = _field(st, "signer", int, at)
+            try:
+                body, sig = (
+                    bytes.fromhex(_field(st, "statement", str, at)),
+                    bytes.fromhex(_field(st, "signature", str, at)),
+                )
+            except ValueError as exc:
+                raise MessageError(f"{at}: a statement or signature is not hex") from exc
+            SignedStatement(signer, body, sig).verify(alliance)
+    spec_hex, md_hex = fp.hex(), (md.hex() if md else None)
+    signed = set(signers)
+    return tuple(
+        Contribution(round_index, c, hashlib.sha256(alliance[c]).hexdigest(), spec_hex, md_hex, c in signed)
+        for c in survivors
+    )
+
+
 def account_round(
     tracker: PrivacyTracker | None,
     ledger: Ledger | None,
@@ -253,6 +505,7 @@ def account_round(
     excluded: Mapping[int, str] | None = None,
     sampling_rate: float | None = None,
     extra: Mapping[str, Any] | None = None,
+    audit: AggregateResult | None = None,
 ) -> RoundAccount:
     """Account for a finished round and write its ledger record.
 
@@ -277,6 +530,10 @@ def account_round(
         sampling_rate: clients sampled / population, for the release figure (DP rounds;
             None: 1.0, no amplification).
         extra: further JSON fields for the record; may not replace the fields built here.
+        audit: the round's :class:`~secagg.server.AggregateResult` (``DriverResult.result``):
+            its audit trail is recorded as ``audit`` (:func:`audit_trail`; signed
+            advertisements and survivor set in active mode), for ``secagg verify
+            --alliance``.  None: no trail (the record still states ``security_mode``).
 
     Raises:
         SecAggValueError, SecAggTypeError: inconsistent arguments (nothing recorded).
@@ -308,8 +565,14 @@ def account_round(
         "layout": layout,
         "ledger_head_sent": ledger_head_sent,
         "protocol": protocol_summary(protocol),
+        "security_mode": security_mode(protocol),
         **spec_fields,
     }
+    if audit is not None:
+        trail = audit_trail(audit, spec)
+        if len(trail["survivor_set"]) != survivors:
+            raise SecAggValueError(f"the audit trail names {len(trail['survivor_set'])} survivors, not {survivors}")
+        record["audit"] = trail
     noise: NoiseReport | None = None
     rp: RoundPrivacy | None = None
     if plan is not None:

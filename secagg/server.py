@@ -180,6 +180,8 @@ class AggregateResult:
         survivor_signatures: active mode: the survivors' signatures of the survivor set
             (the consistency round), as :class:`~secagg.identity.SignedStatement`.
         advertisements: active mode: the signed advertisements of the roster.
+        survivor_set: active mode: the survivor set the survivors signed (the clients whose
+            masked input is in the sum, ``survivors``); empty in semi-honest mode.
     """
 
     aggregate: npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
@@ -191,6 +193,7 @@ class AggregateResult:
     active: bool = False
     survivor_signatures: tuple[SignedStatement, ...] = ()
     advertisements: tuple[SignedStatement, ...] = ()
+    survivor_set: tuple[int, ...] = ()
 
 
 class _Blame(MessageError):
@@ -854,7 +857,7 @@ class ServerSession:
             )
         self.result = AggregateResult(
             acc, tuple(u3), dict(self._dropped), tuple(needed), excluded, dict(sorted(self._evidence.items())),
-            self._active, sigs, ads,
+            self._active, sigs, ads, self._survivor_set if self._active else (),
         )  # fmt: skip
         self._self_shares, self._key_shares = {}, {}
         self._state = ServerState.DONE

@@ -250,6 +250,7 @@ class SecureServer:
             excluded=res.excluded,
             sampling_rate=self._sampling_rate,
             extra=fields,
+            audit=res,
         )
         out = AggregateUpdate(
             round_index=spec.round_index,
