@@ -50,6 +50,8 @@ TINY: dict[str, Any] = {
     "batch-size": 4,
     "wait-nodes": 30.0,
     "stage-timeout": 30.0,
+    "dropout-fraction": 0.34,  # 4 silos: one dropout, no colluder assumed
+    "corrupt-fraction": 0.0,
 }
 
 
@@ -67,8 +69,8 @@ def run_example(
     env = dict(os.environ)
     env.update(FLWR_HOME=str(home), PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1",
                FLWR_TELEMETRY_ENABLED="0", PYTHONUNBUFFERED="1", RAY_DEDUP_LOGS="0")  # fmt: skip
-    out = root / "out"
-    cfg = " ".join(f"{k}={json.dumps(v)}" for k, v in {**run_config, "out-dir": str(out)}.items())
+    out = Path(run_config.get("out-dir", root / "out"))
+    cfg = " ".join(f"{k}={json.dumps(v)}" for k, v in {"out-dir": str(out), **run_config}.items())
     link = Proc("superlink", [str(VENV_BIN / "flower-superlink"), "--insecure", "--simulation", "--database",
                               str(root / "state.db"), "--host", "127.0.0.1", "--port", str(port),
                               "--disable-runtime-dependency-installation"], env, root / "superlink.log")  # fmt: skip

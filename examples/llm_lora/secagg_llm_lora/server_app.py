@@ -77,7 +77,7 @@ def main(grid: Grid, context: Context) -> None:
         "full_model_bytes": full_bytes, "adapter_bytes": adapter_bytes, "adapter_params": n_params,
         "drop_silo": int(rc["drop-silo"]), "drop_from_round": int(rc["drop-from-round"]),
     }  # fmt: skip
-    say(f"{workflow}: {n} silos, Qwen2 base {full_bytes / 4:,.0f} params (frozen, random, seed {size.seed}), "
+    say(f"{workflow}: {n} silos, Qwen2 model {full_bytes / 4:,.0f} params (base frozen, random, seed {size.seed}), "
         f"LoRA r={size.lora_r} on {','.join(size.targets)}: {n_params:,} trainable params")  # fmt: skip
     say(f"update size: {adapter_bytes:,} bytes of adapters per silo per round, vs {full_bytes:,} bytes for the "
         f"full model ({100 * adapter_bytes / full_bytes:.2f}%)")  # fmt: skip
@@ -133,6 +133,7 @@ def _run_secagg(grid: Grid, rc: Any, nodes: list[int], *, arrays: dict[str, Any]
         min_clients=floor,
         neighbors="all",  # a complete graph: cheap at a few silos, tolerates the most dropouts
         dropout_fraction=float(rc["dropout-fraction"]),
+        corrupt_fraction=float(rc["corrupt-fraction"]),
         stage_timeout=float(rc["stage-timeout"]),
         poll_interval=float(rc["poll-interval"]),
     )
@@ -147,6 +148,7 @@ def _run_secagg(grid: Grid, rc: Any, nodes: list[int], *, arrays: dict[str, Any]
     counting = CountingGrid(grid)
     spec = server.plan_round(n, arrays)
     say(f"secagg dp: n={n}, complete graph k={spec.protocol.degree}, t={spec.protocol.t}, cohort floor {floor}, "
+        f"colluders assumed {spec.protocol.colluders}, "
         f"clip {cfg.clip_norm:g}, noise multiplier {cfg.noise_multiplier:g} (guaranteed at the floor), "
         f"delta {delta:g}")  # fmt: skip
     record = _record(arrays)
@@ -245,7 +247,18 @@ def _plot(summary: dict[str, Any], path: Path) -> Path | None:
     rounds = [0] + [r["round"] for r in summary["rounds"]]
     losses = [summary["initial_loss"]] + [r["loss"] for r in summary["rounds"]]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(rounds, losses, marker="o", label=f"{summary['workflow']} ({summary['num_silos']} silos)")
+    label = "secagg + distributed DP" if summary["workflow"] == "secagg" else "plain FedAvg (no DP)"
+    ax.plot(rounds, losses, marker="o", label=f"{label} ({summary['num_silos']} silos)")
+    other = path.parent / ("result-fedavg.json" if summary["workflow"] == "secagg" else "result-secagg.json")
+    if other.exists():  # the other workflow's earlier run in the same out-dir, for comparison
+        try:
+            prev = json.loads(other.read_text())
+            xs = [0] + [r["round"] for r in prev["rounds"]]
+            ys = [prev["initial_loss"]] + [r["loss"] for r in prev["rounds"]]
+            name = "plain FedAvg (no DP)" if prev["workflow"] == "fedavg" else "secagg + DP"
+            ax.plot(xs, ys, marker=".", linestyle="--", label=f"{name}, earlier run")
+        except (ValueError, KeyError, TypeError):
+            pass
     drop = summary["drop_from_round"]
     if summary["drop_silo"] >= 0 and 0 < drop <= len(summary["rounds"]):
         ax.axvline(drop, color="grey", linestyle=":", label=f"silo {summary['drop_silo']} drops out")
