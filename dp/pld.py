@@ -57,7 +57,7 @@ so a run of ``T`` rounds in ``d`` coordinates has, for every epsilon,
 Numerics: the tail sums are computed in log space by blocks (relative error below
 ``(B + R / B) u``), ``Phi^{-1}`` with scipy's ``ndtri_exp``, and the largest increment is
 raised by a margin that covers the summation, the relative error ``r`` and ``ndtri_exp``
-(|d g / d log S| <= sqrt(pi / 2) for S <= 1/2).  The tests compare the result with an exact
+(``|d g / d log S| <= sqrt(pi / 2)`` for ``S <= 1/2``).  The tests compare the result with an exact
 enumeration of the lattice pair at small parameters and with dp_accounting's discrete
 Gaussian PLD.
 """

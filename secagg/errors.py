@@ -144,7 +144,9 @@ class ProtocolAbort(SecAggError):
     below the cohort floor, unrecoverable secrets).  Nothing about individual inputs
     was revealed; run a new round.
 
-    Attributes (filled in by the round driver; ``None``/empty when raised by a session):
+    The attributes are filled in by the round driver (``None``/empty when a session raises).
+
+    Attributes:
         stage: the stage whose closing aborted the round.
         dropped: per stage, the client ids that went silent.
         excluded: client id -> why it was excluded for misbehaviour.

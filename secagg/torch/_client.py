@@ -11,6 +11,7 @@ count) before handing it to its protocol :class:`~secagg.client.ClientSession`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +30,8 @@ from secagg.torch.flatten import UpdateError, UpdateLayout
 __all__ = ["SecureClient"]
 
 RingVector = npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
-StateLike = nn.Module | Mapping[str, torch.Tensor]
+#: A trained model or its state dict (a string alias: docs build with torch mocked).
+StateLike: TypeAlias = "nn.Module | Mapping[str, torch.Tensor]"
 
 
 def _state_of(model: StateLike, who: object) -> Mapping[str, torch.Tensor]:
