@@ -44,8 +44,9 @@ survivor set in the consistency round, and reveals shares only after verifying, 
 every peer it reveals about, at least t signatures of the identical survivor set from
 that peer's neighbours (raising :class:`~secagg.errors.EquivocationError`, with both
 signed statements, when the server shows it a validly signed different set).  A client
-with an identity refuses a semi-honest config (no downgrade).  Active sessions cannot be
-exported yet (:meth:`ClientSession.export_state`).
+with an identity refuses a semi-honest config (no downgrade).  Active sessions are exported
+like semi-honest ones (:meth:`ClientSession.export_state`, state version 2); the identity
+key is never part of the state: pass it to :meth:`ClientSession.restore` with the alliance.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ from secagg.identity import (
     reveal_statement,
     seed_commitment,
     share_leaf,
+    share_tree_depth,
     survivor_statement,
     survivor_statement_parts,
     verify_share_proof,
@@ -924,12 +926,29 @@ class ClientSession:
             | packed input | public keys? | neighbours (id, mask public key) ...
             | share keys? | partners | held shares? | revealed self ids | revealed key ids
 
+        Active sessions (version 2) add, after the client id, the alliance's fingerprint,
+        the spec fingerprint and the model digest (flag u8, 32 bytes), and at the end the
+        parts their state holds (which are present follows from the state)::
+
+            ADVERTISED: (key share, seed share) for x = 1..n | seed commitment | advertisement signature
+            SHARED: share root of each neighbour
+            SHARED .. CHECKED: each neighbour's neighbourhood (id list)
+            AWAIT_INPUT .. CHECKED: for each partner: share root | Merkle path of its held shares
+            CHECKED: the survivor set it signed | its signature
+
+        Restoring re-checks all of it: the dealt shares rebuild the secrets, the commitment
+        and the signed advertisement are this identity's, every held share's path reaches
+        its dealer's signed root (a corrupted one would get this client blamed), the signed
+        survivor set is this identity's.  The identity key itself is **not** exported:
+        restore with ``identity=`` loaded from the client's own key file.
+
         Warning:
             The bytes contain this client's **secrets**: its X25519 private keys, its
             self-mask seed, the pairwise share-encryption keys, the Shamir shares it
             holds for its neighbours and, if given before the share delivery, its
             unmasked input.  Anyone who reads them can unmask this client's input or
-            help unmask its neighbours'.  Keep them on the client device (in Flower:
+            help unmask its neighbours' (active mode: also every share it dealt before
+            the roster).  Keep them on the client device (in Flower:
             ``context.state``, which the SuperNode keeps locally and never sends to the
             SuperLink), never log or upload them, and delete them when the round ends.
 
@@ -937,16 +956,17 @@ class ClientSession:
         :meth:`restore`); a failed session's :attr:`failure` is restored as a
         :class:`~secagg.errors.ProtocolError` with the same message.
         """
-        if self._active:
-            raise LocalProtocolError(
-                "active-mode sessions cannot be exported yet (their state holds the dealt shares and signatures); "
-                "keep the session in memory"
-            )
         w = _Writer()
         w.fixed(_STATE_MAGIC)
-        w.u8(_STATE_VERSION)
+        w.u8(_STATE_VERSION_ACTIVE if self._active else _STATE_VERSION)
         w.var(self._config.encode())
         w.u32(self._id)
+        if self._active:
+            assert self._alliance is not None
+            w.fixed(bytes.fromhex(self._alliance.fingerprint))
+            w.fixed(self._fp)
+            w.u8(1 if self._md else 0)
+            w.fixed(self._md)
         w.u8(_STATE_CODES[self._state])
         for text in (None if self.failure is None else str(self.failure), self.abort_reason):
             w.u8(0 if text is None else 1)
@@ -981,10 +1001,47 @@ class ClientSession:
             w.var(seed_share)
         _write_ids(w, sorted(self._revealed_self))
         _write_ids(w, sorted(self._revealed_key))
+        if self._active:
+            self._write_active(w)
         return w.getvalue()
 
+    def _write_active(self, w: _Writer) -> None:
+        """Active-mode tail of :meth:`export_state`; which parts are present follows from
+        the state (one encoding per state)."""
+        state, order = self._state, sorted(self._neighbours)
+        if state is ClientState.ADVERTISED:  # the dealt shares and the signed advertisement
+            assert self._dealt is not None
+            for key_share, seed_share in zip(*self._dealt, strict=True):
+                w.var(key_share)
+                w.var(seed_share)
+            w.fixed(self._commitment)
+            w.fixed(self._advert_sig)
+        if state is ClientState.SHARED:  # the share roots the neighbours signed
+            for v in order:
+                w.fixed(self._roots[v])
+        if state in _ACTIVE_GRAPH_STATES:  # the neighbourhood of each neighbour
+            for v in order:
+                _write_ids(w, sorted(self._peer_graph[v]))
+        if state in _ACTIVE_PROOF_STATES:  # each held share's Merkle path and the root its dealer signed
+            for v in self._partners:
+                w.fixed(self._roots[v])
+                w.u8(len(self._proofs[v]))
+                w.fixed(b"".join(self._proofs[v]))
+        if state is ClientState.CHECKED:  # the survivor set this client signed
+            assert self._signed_set is not None
+            _write_ids(w, self._signed_set)
+            w.fixed(self._survivor_sig)
+
     @classmethod
-    def restore(cls, data: bytes, rng: RngLike = None, *, masker: Masker | None = None) -> ClientSession:
+    def restore(
+        cls,
+        data: bytes,
+        rng: RngLike = None,
+        *,
+        masker: Masker | None = None,
+        identity: IdentityKey | None = None,
+        alliance: Alliance | None = None,
+    ) -> ClientSession:
         """Rebuild a session from :meth:`export_state` bytes, validating everything first.
 
         Args:
@@ -992,11 +1049,21 @@ class ClientSession:
             rng: randomness still to be drawn (Shamir polynomials and AEAD nonces of the
                 key-sharing stage, if not done yet); None is a fresh CSPRNG.
             masker: optional :class:`~secagg.crypto.prg.Masker`, as for the constructor.
+            identity: active mode: this client's :class:`~secagg.identity.IdentityKey`.
+                The state never holds it: reload it from the client's own key file.
+            alliance: active mode: the :class:`~secagg.identity.Alliance` (the state names
+                it by fingerprint; it must be the same one).
 
         Raises:
             MessageError: malformed, truncated, non-canonical or internally inconsistent
                 state (wrong magic or version, unsafe config, a private key that does not
-                match its public key, secrets or shares that the state cannot hold, ...).
+                match its public key, secrets or shares that the state cannot hold, dealt
+                shares that do not rebuild the secrets, a signed advertisement this
+                identity did not make, ...).
+            SecAggValueError: an active state restored without ``identity``/``alliance``,
+                with another alliance, or with an identity that is not the alliance's key
+                of this client.
+            UnsafeParametersError: a semi-honest state restored with an identity (no downgrade).
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise MessageError(f"session state must be bytes, got {type(data).__name__}")
@@ -1007,17 +1074,45 @@ class ClientSession:
             raise MessageError("not a secagg client session state (bad magic)")
         r = _Reader(buf, len(_STATE_MAGIC))
         version = r.u8("state version")
-        if version != _STATE_VERSION:
-            raise MessageError(f"unsupported session state version {version} (this library reads {_STATE_VERSION})")
+        if version not in (_STATE_VERSION, _STATE_VERSION_ACTIVE):
+            raise MessageError(
+                f"unsupported session state version {version} (this library reads {_STATE_VERSION} and "
+                f"{_STATE_VERSION_ACTIVE})"
+            )
+        active = version == _STATE_VERSION_ACTIVE
+        config = decode_message(r.var("config"), RoundConfig)
+        assert isinstance(config, RoundConfig)
+        if config.active != active:
+            mode = "an active" if config.active else "a semi-honest"
+            raise MessageError(f"session state version {version} cannot hold {mode} config")
+        cid = r.u32("client id")
+        extra: dict[str, Any] = {}
+        if active:
+            fingerprint = r.fixed(32, "alliance fingerprint").hex()
+            spec_fp = r.fixed(32, "spec fingerprint").hex()
+            model = r.fixed(32, "model digest").hex() if _read_flag(r, "model digest flag") else None
+            if not isinstance(identity, IdentityKey) or not isinstance(alliance, Alliance):
+                raise SecAggValueError(
+                    "an active session is restored with its identity= (from the client's own key file; the state "
+                    "never holds it) and the alliance="
+                )
+            if alliance.fingerprint != fingerprint:
+                raise SecAggValueError("the session was created with another alliance; restore it with that one")
+            if alliance.get(cid) != identity.public_bytes():
+                raise SecAggValueError(f"identity is not the alliance's key of client {cid}")
+            extra = {"identity": identity, "alliance": alliance, "spec_fingerprint": spec_fp, "model_digest": model}
+        elif identity is not None or alliance is not None:
+            raise UnsafeParametersError(
+                "a semi-honest session state was given an identity; refusing the downgrade (run the round in "
+                "active mode)"
+            )
         try:
-            config = decode_message(r.var("config"), RoundConfig)
-            assert isinstance(config, RoundConfig)
-            session = cls(config, r.u32("client id"), rng, masker=masker)
-        except MessageError:
-            raise
+            session = cls(config, cid, rng, masker=masker, **extra)
         except SecAggError as exc:
             raise MessageError(f"session state holds an unusable config or client id: {exc}") from exc
         session._read_state(r)
+        if active:
+            session._read_active(r)
         r.end()
         return session
 
@@ -1081,15 +1176,19 @@ class ClientSession:
         for sk, pk in ((mask_sk, mask_pk), (enc_sk, enc_pk)):
             if sk is not None and _keys.public_key(sk) != pk:
                 raise MessageError("session state: a private key does not match its public key")
-        after_roster = state in (ClientState.SHARED, ClientState.AWAIT_INPUT, ClientState.MASKED, ClientState.DONE)
-        after_delivery = state in (ClientState.AWAIT_INPUT, ClientState.MASKED, ClientState.DONE)
+        if state is ClientState.CHECKED and not self._active:
+            raise MessageError("session state checked exists in active mode only")
+        after_roster = state in (
+            ClientState.SHARED, ClientState.AWAIT_INPUT, ClientState.MASKED, ClientState.CHECKED, ClientState.DONE
+        )  # fmt: skip
+        after_delivery = state in (ClientState.AWAIT_INPUT, ClientState.MASKED, ClientState.CHECKED, ClientState.DONE)
         if live and (bool(peers) != after_roster or bool(partners) != after_delivery):
             raise MessageError(f"session state {state.value}: neighbours or partners missing or unexpected")
         if share_keys and state not in (ClientState.SHARED,):
             raise MessageError(f"session state {state.value} cannot hold share-encryption keys")
         if state is ClientState.SHARED and not share_keys:
             raise MessageError("session state shared: share-encryption keys missing")
-        if bool(held) != (state in (ClientState.AWAIT_INPUT, ClientState.MASKED)):
+        if bool(held) != (state in (ClientState.AWAIT_INPUT, ClientState.MASKED, ClientState.CHECKED)):
             raise MessageError(f"session state {state.value}: held shares missing or unexpected")
         if (revealed_self or revealed_key) and state is not ClientState.DONE:
             raise MessageError(f"session state {state.value} cannot have revealed shares")
@@ -1111,11 +1210,95 @@ class ClientSession:
         self._held = held
         self._revealed_self, self._revealed_key = revealed_self, revealed_key
 
+    def _read_active(self, r: _Reader) -> None:
+        """Read the active-mode tail of :meth:`export_state` into a session already filled
+        by :meth:`_read_state`; every check raises MessageError."""
+        cfg, me, state = self._config, self._id, self._state
+        order = sorted(self._neighbours)
+        if state is ClientState.ADVERTISED:
+            assert self._mask_sk is not None and self._seed is not None
+            keys: list[bytes] = []
+            seeds: list[bytes] = []
+            for x in range(1, cfg.n + 1):
+                pair = (r.var("dealt key share"), r.var("dealt seed share"))
+                for raw in pair:
+                    try:
+                        share = _shamir.Share.from_bytes(raw)
+                    except SecAggError as exc:
+                        raise MessageError(f"session state: malformed dealt share at x = {x}: {exc}") from exc
+                    if share.x != x or share.to_bytes() != raw:
+                        raise MessageError(f"session state: dealt share at x = {x} is not at that x-coordinate")
+                keys.append(pair[0])
+                seeds.append(pair[1])
+            for shares, secret, what in ((keys, self._mask_sk, "mask key"), (seeds, self._seed, "self-mask seed")):
+                try:
+                    ok = _shamir.combine([_shamir.Share.from_bytes(b) for b in shares[: cfg.t]], cfg.t) == secret
+                except SecAggError:
+                    ok = False
+                if not ok:
+                    raise MessageError(f"session state: the dealt shares do not rebuild this client's {what}")
+            commitment, signature = r.fixed(32, "seed commitment"), r.fixed(64, "advertisement signature")
+            if commitment != seed_commitment(cfg.round_id, me, self._seed):
+                raise MessageError("session state: the seed commitment is not of this client's seed")
+            leaves: list[bytes] = []
+            for x, kb, sb in zip(range(1, cfg.n + 1), keys, seeds, strict=True):
+                leaves.append(share_leaf(cfg.round_id, me, x, KEY_SHARE, kb))
+                leaves.append(share_leaf(cfg.round_id, me, x, SEED_SHARE, sb))
+            tree = ShareTree(leaves, cfg.n)
+            statement = advertisement_statement(
+                cfg.round_id, self._fp, self._md, me, self._mask_pk, self._enc_pk, commitment, tree.root
+            )
+            assert self._identity is not None
+            if self._identity.sign(statement) != signature:  # Ed25519 is deterministic
+                raise MessageError("session state: the signed advertisement is not this identity's signature")
+            self._dealt, self._tree, self._commitment, self._advert_sig = (keys, seeds), tree, commitment, signature
+        if state is ClientState.SHARED:
+            self._roots = {v: r.fixed(32, "share root") for v in order}
+        if state in _ACTIVE_GRAPH_STATES:
+            graph: dict[int, frozenset[int]] = {}
+            for v in order:
+                hood = _read_hood(r, cfg.n)
+                if me not in hood or v in hood or len(hood) < cfg.t:
+                    raise MessageError(f"session state: neighbourhood of client {v} is not one of a neighbour")
+                graph[v] = frozenset(hood)
+            self._peer_graph = graph
+        if state in _ACTIVE_PROOF_STATES:
+            depth = share_tree_depth(cfg.n)
+            proofs: dict[int, tuple[bytes, ...]] = {}
+            roots: dict[int, bytes] = {}
+            for v in self._partners:
+                roots[v] = r.fixed(32, "share root")
+                if r.u8("proof length") != depth:
+                    raise MessageError(f"session state: the share proof from client {v} is not {depth} hashes long")
+                raw = r.fixed(32 * depth, "share proof")
+                proofs[v] = proof = tuple(raw[i : i + 32] for i in range(0, len(raw), 32))
+                # A held share is revealed with this path: a corrupted one would get this
+                # honest client blamed (with its own signature), so check it here.
+                key_share, seed_share = self._held[v]
+                key_leaf = share_leaf(cfg.round_id, v, me, KEY_SHARE, key_share)
+                if proof[0] != share_leaf(cfg.round_id, v, me, SEED_SHARE, seed_share) or not verify_share_proof(
+                    roots[v], key_leaf, me, KEY_SHARE, proof, cfg.n
+                ):
+                    raise MessageError(f"session state: the shares held from client {v} are not the ones it signed")
+            self._proofs, self._roots = proofs, roots
+        if state is ClientState.CHECKED:
+            signed = _read_hood(r, cfg.n)
+            sig = r.fixed(64, "survivor-set signature")
+            if me not in signed:
+                raise MessageError("session state: the signed survivor set omits this client")
+            assert self._identity is not None
+            if self._identity.sign(survivor_statement(cfg.round_id, self._fp, self._md, me, signed)) != sig:
+                raise MessageError("session state: the survivor-set signature is not this identity's")
+            self._signed_set, self._survivor_sig = signed, sig
+
 
 # ----------------------------------------------------------------------------- state encoding
 
 _STATE_MAGIC = b"SAcs"
-_STATE_VERSION = 1
+_STATE_VERSION = 1  # semi-honest sessions (unchanged since the first release)
+_STATE_VERSION_ACTIVE = 2  # active sessions: version 1's layout with the active parts
+_ACTIVE_GRAPH_STATES = frozenset({ClientState.SHARED, ClientState.AWAIT_INPUT, ClientState.MASKED, ClientState.CHECKED})
+_ACTIVE_PROOF_STATES = frozenset({ClientState.AWAIT_INPUT, ClientState.MASKED, ClientState.CHECKED})
 _STATES: tuple[ClientState, ...] = tuple(ClientState)  # codes are positions: append new states only
 _STATE_CODES = {s: i for i, s in enumerate(_STATES)}
 _HAS_INPUT = 0b1000
@@ -1152,6 +1335,17 @@ def _read_ids(r: _Reader, what: str, n: int, me: int) -> tuple[int, ...]:
     out: list[int] = []
     for _ in range(r.count(what, 4)):
         out.append(_check_peer(r.u32(what), n, me, out[-1] if out else 0))
+    return tuple(out)
+
+
+def _read_hood(r: _Reader, n: int) -> tuple[int, ...]:
+    """A strictly ascending list of ids in 1..n (a neighbourhood or a survivor set)."""
+    out: list[int] = []
+    for _ in range(r.count("ids", 4)):
+        v = r.u32("id")
+        if not 1 <= v <= n or (out and v <= out[-1]):
+            raise MessageError(f"session state: ids must be strictly ascending in 1..{n}")
+        out.append(v)
     return tuple(out)
 
 

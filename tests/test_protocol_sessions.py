@@ -946,7 +946,7 @@ def test_export_state_covers_every_attribute() -> None:
         "_config", "_id", "_rng", "_masker", "_state", "failure", "abort_reason", "_mask_sk", "_enc_sk", "_seed",
         "_input", "_mask_pk", "_enc_pk", "_neighbours", "_peer_mask_keys", "_share_keys_cache", "_partners",
         "_held", "_revealed_self", "_revealed_key",
-        # active mode only (export_state refuses an active session):
+        # active mode (exported in version 2 of the state; the identity key never is):
         "_active", "_identity", "_alliance", "_fp", "_md", "_dealt", "_tree", "_commitment", "_advert_sig", "_roots",
         "_peer_graph", "_proofs", "_signed_set", "_survivor_sig",
     }  # fmt: skip
