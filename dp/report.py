@@ -222,6 +222,43 @@ def _audit_rows(doc: Mapping[str, Any]) -> tuple[str, list[list[str]]]:
 # --------------------------------------------------------------------------------------------
 # report data
 # --------------------------------------------------------------------------------------------
+def _trail_summary(audit: Any) -> str | None:
+    """One line on a round's audit trail (what ``secagg verify --alliance`` checks), or None."""
+    if not isinstance(audit, Mapping):
+        return None
+    ads, sigs = audit.get("advertisements"), audit.get("survivor_signatures")
+    if not isinstance(ads, list) or not isinstance(sigs, list):
+        return "malformed trail"
+    if not ads and not sigs:
+        return "unsigned (semi-honest)"
+    return f"{len(ads)} signed advertisements, {len(sigs)} survivor-set signatures"
+
+
+def _modes(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """Round indices per protocol mode (``active``, ``semi-honest``, ``not recorded``)."""
+    out: dict[str, list[int]] = {}
+    for r in rows:
+        mode = r.get("security_mode")
+        key = mode if mode in ("active", "semi-honest") else "not recorded"
+        out.setdefault(key, []).append(r["round"])
+    return out
+
+
+_MODE_LABEL = {
+    "active": "secure against a malicious server colluding with up to the declared colluders (signed "
+    "identities, consistency round, verified shares); contributions verifiable with secagg verify --alliance",
+    "semi-honest": "secure only against a server that follows the protocol (explicit opt-in); nothing signed",
+    "not recorded": "the record predates the protocol mode field",
+}
+
+
+def _mode_lines(report: dict[str, Any]) -> list[str]:
+    return [
+        f"{mode}: rounds {', '.join(map(str, rounds))} ({_MODE_LABEL[mode]})"
+        for mode, rounds in report.get("modes", {}).items()
+    ]
+
+
 def build_report(
     ledger_path: str | os.PathLike[str],
     expect_head: LedgerHead | str | None = None,
@@ -304,6 +341,8 @@ def build_report(
             "epsilon_release": _fig(rec["epsilon"]["release"]),
             "epsilon_server": _fig(rec["epsilon"]["server"]),
             "self_reported_unverified": sr,
+            "security_mode": rec.get("security_mode"),
+            "signed_trail": _trail_summary(rec.get("audit")),
         }
         rows.append(row)
         if planned is not None and rec["survivors"] < planned:
@@ -321,6 +360,7 @@ def build_report(
                 "are unverifiable claims, not accounted here"
             )
     report["rounds"] = rows
+    report["modes"] = _modes(rows)
 
     for adv in _ADVERSARIES:
         seq = [_num(r[f"epsilon_{adv}"]) for r in rows]
@@ -433,6 +473,8 @@ def _tables(report: dict[str, Any]) -> tuple[list[str], list[list[str]], list[st
         "ε release (recorded)",
         "ε server (recorded)",
         "self-reported ε (unverifiable)",
+        "protocol mode",
+        "signed trail",
     ]
     rr = []
     for r in report["rounds"]:
@@ -453,6 +495,8 @@ def _tables(report: dict[str, Any]) -> tuple[list[str], list[list[str]], list[st
                 _fmt(r["epsilon_release"]),
                 _fmt(r["epsilon_server"]),
                 srs,
+                r.get("security_mode") or "not recorded",
+                r.get("signed_trail") or "-",
             ]
         )
     names = list(report["replay"])
@@ -495,6 +539,8 @@ def _render_md(report: dict[str, Any], plot: str | None) -> str:
     out += ["", "## Adversaries", ""]
     out += [f"- **{a}**: {_ADV_LABEL[a]}" for a in _ADVERSARIES]
     rh, rr, ph, pr = _tables(report)
+    if report.get("modes"):
+        out += ["", "## Protocol mode", ""] + [f"- {_md_cell(line)}" for line in _mode_lines(report)]
     out += ["", "## Rounds (as recorded)", "", *_md_table(rh, rr)]
     out += ["", "## Epsilon per round, replayed from the recorded events", ""]
     if report["replay"]:
@@ -541,6 +587,8 @@ def _render_html(report: dict[str, Any], png: bytes | None) -> str:
         + "</ul>",
     ]
     rh, rr, ph, pr = _tables(report)
+    if report.get("modes"):
+        parts.append("<h2>Protocol mode</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in _mode_lines(report)) + "</ul>")
     parts += ["<h2>Rounds (as recorded)</h2>", _html_table(rh, rr)]
     parts.append("<h2>Epsilon per round, replayed from the recorded events</h2>")
     if report["replay"]:

@@ -220,3 +220,22 @@ def test_torch_round_records_its_mode_and_trail(tmp_path: Path, capsys: pytest.C
     _, records = read_ledger(tmp_path / "t.jsonl")
     assert records[0]["security_mode"] == "semi-honest"
     assert records[0]["audit"]["mode"] == "semi-honest" and records[0]["audit"]["survivor_set"] == [1, 2, 3, 5]
+
+
+def test_the_auditor_report_states_each_rounds_protocol_mode(tmp_path: Path) -> None:
+    from dp.report import build_report, save_report
+
+    ledger, _ = _run_rounds(tmp_path, rounds=2)
+    rep = build_report(ledger)
+    assert rep["modes"] == {"active": [0, 1]}
+    assert [r["security_mode"] for r in rep["rounds"]] == ["active", "active"]
+    assert rep["rounds"][0]["signed_trail"] == f"{N} signed advertisements, {N} survivor-set signatures"
+    text = save_report(rep, tmp_path / "out", "md").read_text()
+    assert "## Protocol mode" in text and "active: rounds 0, 1" in text
+    (tmp_path / "b").mkdir()
+    semi, _ = _run_rounds(tmp_path / "b", rounds=1, active=False)
+    rep = build_report(semi)
+    assert rep["modes"] == {"semi-honest": [0]} and rep["rounds"][0]["signed_trail"] == "unsigned (semi-honest)"
+    assert "semi-honest: rounds 0 (secure only against a server that follows the protocol" in "\n".join(
+        save_report(rep, tmp_path / "out2", "html").read_text().splitlines()
+    )
