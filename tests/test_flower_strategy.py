@@ -155,6 +155,17 @@ def test_dp_poisson_sampling_is_what_the_tracker_and_ledger_record(tmp_path: Any
     assert "server" in rep["epsilon"]["server"]["against"] and "released" in rep["epsilon"]["release"]["against"]
 
 
+def test_a_ledger_path_without_dp_records_every_round(tmp_path: Any) -> None:
+    from dp.ledger import read_ledger, verify_ledger
+
+    strategy = SecAggFedAvg(SecAggConfig(mode="fedavg", bound=0.5, **FAST), ledger=tmp_path / "plain.jsonl",
+                            evaluate="none")  # fmt: skip
+    strategy.start(LocalGrid(_app(), 4), _initial(), num_rounds=2)
+    assert verify_ledger(tmp_path / "plain.jsonl").ok
+    _, records = read_ledger(tmp_path / "plain.jsonl")
+    assert [r["survivors"] for r in records] == [4, 4] and records[0]["mechanism"]["name"] == "none"
+
+
 # ----------------------------------------------------------------------------- server optimiser
 
 

@@ -345,7 +345,9 @@ class SecAggFedAvg(FedAvg):
         from dp.ledger import Ledger
 
         assert self._ledger_path is not None
-        header = self.secagg.ledger_header(n, arrays)
+        # a ledger header names a delta; without DP (no tracker) none is claimed by any record
+        delta = None if self.secagg.tracker is not None else 1e-5
+        header = self.secagg.ledger_header(n, arrays, delta=delta)
         header["evaluation"] = self.evaluation_description()
         header["sampling"] = self.sampling_description()
         self.secagg.attach_ledger(Ledger.create(self._ledger_path, header))
