@@ -35,7 +35,7 @@ from secagg.identity import (
     parse_advertisement,
     survivor_statement,
 )
-from secagg.messages import MAX_CLIENTS, RoundConfig
+from secagg.messages import MAX_CLIENTS, ROUND_ID_MAX, ROUND_ID_MIN, RoundConfig
 from secagg.server import AggregateResult
 from secagg.spec import RoundSpec
 
@@ -368,6 +368,13 @@ def _field(obj: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
     return value
 
 
+def _client_field(obj: Mapping[str, Any], name: str, where: str) -> int:
+    value: int = _field(obj, name, int, where)
+    if not 1 <= value <= MAX_CLIENTS:
+        raise MessageError(f"{where}: {name!r} must be a client id in [1, 2^32 - 1]")
+    return value
+
+
 def _hex_field(obj: Mapping[str, Any], name: str, size: int, where: str) -> bytes:
     text = _field(obj, name, str, where)
     if len(text) != 2 * size or text != text.lower():
@@ -424,6 +431,8 @@ def verify_contributions(record: Mapping[str, Any], alliance: Alliance) -> tuple
         round_id = bytes.fromhex(_field(record, "round_id", str, where))
     except ValueError as exc:
         raise MessageError(f"{where}: round_id is not hex") from exc
+    if not ROUND_ID_MIN <= len(round_id) <= ROUND_ID_MAX:
+        raise MessageError(f"{where}: round_id must be {ROUND_ID_MIN} to {ROUND_ID_MAX} bytes")
     fp = _hex_field(record, "spec", 32, where)
     md: bytes = b"" if record.get("model_digest") is None else _hex_field(record, "model_digest", 32, where)
     advertised: dict[int, bytes] = {}
@@ -434,7 +443,7 @@ def verify_contributions(record: Mapping[str, Any], alliance: Alliance) -> tuple
         at = f"{where}: advertisement {i}"
         if not isinstance(ad, Mapping) or set(ad) != {"client", *_AD_FIELDS, "signature", "digest"}:
             raise MessageError(f"{at}: unexpected fields")
-        cid = _field(ad, "client", int, at)
+        cid = _client_field(ad, "client", at)
         if advertised and cid <= max(advertised):
             raise MessageError(f"{at}: advertisements must be sorted by client id")
         parts = [_hex_field(ad, name, 32, at) for name in _AD_FIELDS]
@@ -459,7 +468,7 @@ def verify_contributions(record: Mapping[str, Any], alliance: Alliance) -> tuple
         at = f"{where}: survivor signature {i}"
         if not isinstance(item, Mapping) or set(item) != {"signer", "signature"}:
             raise MessageError(f"{at}: unexpected fields")
-        w = _field(item, "signer", int, at)
+        w = _client_field(item, "signer", at)
         if w not in set(survivors) or (signers and w <= signers[-1]):
             raise MessageError(f"{at}: signer {w} is not a survivor, or signers are not ascending")
         alliance.verify(w, survivor_statement(round_id, fp, md, w, survivors), _hex_field(item, "signature", 64, at))
@@ -477,7 +486,7 @@ def verify_contributions(record: Mapping[str, Any], alliance: Alliance) -> tuple
         if not isinstance(statements, list):
             raise MessageError(f"{at}: statements must be a list")
         for st in statements:
-            signer = _field(st, "signer", int, at)
+            signer = _client_field(st, "signer", at)
             try:
                 body, sig = (
                     bytes.fromhex(_field(st, "statement", str, at)),

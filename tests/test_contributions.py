@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dp.ledger import Ledger, canonical_json, read_ledger, verify_ledger
 from secagg.cli import main
@@ -239,3 +241,50 @@ def test_the_auditor_report_states_each_rounds_protocol_mode(tmp_path: Path) -> 
     assert "semi-honest: rounds 0 (secure only against a server that follows the protocol" in "\n".join(
         save_report(rep, tmp_path / "out2", "html").read_text().splitlines()
     )
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=80),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_record(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    ledger, _ = _run_rounds(tmp_path_factory.mktemp("fuzz"), rounds=1, drop={0: [2]})
+    return read_ledger(ledger)[1][0]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_records_raise_only_typed_errors(one_record: dict[str, Any], data: st.DataObject) -> None:
+    import copy
+
+    rec = copy.deepcopy(one_record)
+    paths = [p for p in _paths(rec) if p and p[0] in ("audit", "round", "round_id", "spec", "model_digest",
+                                                       "survivors", "protocol", "security_mode")]  # fmt: skip
+    path = data.draw(st.sampled_from(paths))
+    value = data.draw(_JSON)
+    target: Any = rec
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    try:
+        verify_contributions(rec, _ALLIANCE)
+    except (MessageError, SignatureError):
+        return
+
+
+_ALLIANCE = generate_alliance(range(1, N + 1), 7)[1]
