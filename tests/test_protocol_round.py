@@ -269,7 +269,7 @@ def test_property_simulate_round_defaults(n: int, bits: int, neighbors: str | No
     gen = np.random.default_rng(seed)
     x = gen.integers(0, 2**bits, size=(n, 3), dtype=np.uint64, endpoint=False)
     dropped = [int(i) for i in gen.choice(n, size=int(frac * n), replace=False)]
-    drops = {STAGES[i % 4]: [j for j in dropped if j % 4 == i] for i in range(4)}
+    drops = {stage: [j for j in dropped if j % len(STAGES) == i] for i, stage in enumerate(STAGES)}  # every stage
     try:
         res = simulate_round(x, bits=bits, neighbors=neighbors, dropouts=drops, seed=seed)
     except UnsafeParametersError:
