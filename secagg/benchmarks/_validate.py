@@ -1,43 +1,32 @@
-"""Argument checks shared by the benchmark modules (typed errors, one wording)."""
+"""Argument checks of the benchmark modules: the package's own checks
+(:mod:`secagg._validate`) in the benchmarks' argument order, plus the two that only the
+benchmarks need (lists of choices, dropout stage maps)."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 
-import numpy as np
-
-from secagg.errors import SecAggTypeError, SecAggValueError
+from secagg import _validate as _v
+from secagg.errors import SecAggValueError
 
 __all__ = ["check_choice", "check_choices", "check_fraction", "check_int", "check_stage_ids"]
 
 
 def check_int(value: object, name: str, low: int | None = None, high: int | None = None) -> int:
-    """``value`` as an int in ``[low, high]`` (either bound optional), else a typed error."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise SecAggTypeError(f"{name} must be an int, got {type(value).__name__}")
-    v = int(value)
-    if (low is not None and v < low) or (high is not None and v > high):
-        lo = "-inf" if low is None else str(low)
-        hi = "inf" if high is None else str(high)
-        raise SecAggValueError(f"{name} must be an int in [{lo}, {hi}], got {v}")
-    return v
+    """``value`` as an int in ``[low, high]`` (:func:`secagg._validate.check_int`)."""
+    return _v.check_int(name, value, low, high)
 
 
 def check_fraction(value: object, name: str, *, closed: bool = False) -> float:
-    """``value`` as a float in ``[0, 1)`` (``closed``: ``(0, 1]``, a rate), else a typed error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise SecAggTypeError(f"{name} must be a float, got {type(value).__name__}")
-    v = float(value)
-    if not (0.0 < v <= 1.0 if closed else 0.0 <= v < 1.0):
-        raise SecAggValueError(f"{name} must be in {'(0, 1]' if closed else '[0, 1)'}, got {v}")
-    return v
+    """``value`` as a float in ``[0, 1)`` (``closed``: ``(0, 1]``, a rate)."""
+    if closed:
+        return _v.check_number(name, value, lo=0.0, hi=1.0, lo_open=True)
+    return _v.check_fraction(name, value)
 
 
 def check_choice(value: object, name: str, choices: Collection[str]) -> str:
-    """``value`` if it is one of ``choices``, else a typed error."""
-    if value not in choices:
-        raise SecAggValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return str(value)
+    """``value`` if it is one of ``choices`` (:func:`secagg._validate.check_choice`)."""
+    return _v.check_choice(name, value, choices)
 
 
 def check_choices(values: Iterable[object], name: str, choices: Collection[str]) -> list[str]:
