@@ -6,6 +6,11 @@ checks that the spec's layout is the model's and that the spec names this very m
 training encodes ``trained - snapshot`` with :meth:`RoundSpec.encode` (DP: clip, rotate,
 round, add this client's noise share; FedAvg: fixed point weighted by the capped example
 count) before handing it to its protocol :class:`~secagg.client.ClientSession`.
+
+An active spec (``spec.protocol.active``) needs the client's identity key and the
+alliance: the session signs its advertisement over the spec's fingerprint and the model
+digest and checks every neighbour against the alliance.  A client holding an identity
+refuses a semi-honest spec (no downgrade).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import torch
 from torch import nn
 
 from secagg.client import ClientSession, ClientState
-from secagg.errors import SecAggTypeError, SecAggValueError
+from secagg.errors import SecAggTypeError, SecAggValueError, UnsafeParametersError
+from secagg.identity import Alliance, IdentityKey
 from secagg.messages import Message
 from secagg.rand import RandomSource, RngLike, as_random_source
 from secagg.spec import RoundSpec
@@ -69,6 +75,28 @@ class _Snapshot:
             self.tensors: dict[str, torch.Tensor] = {k: state[k].detach().to("cpu", copy=True) for k in layout.names}
 
 
+def _check_mode(spec: RoundSpec, client_id: object, identity: object, alliance: object) -> None:
+    """An active spec needs this client's identity and the alliance; an identity or an
+    alliance refuses a semi-honest spec (no downgrade)."""
+    if identity is not None and not isinstance(identity, IdentityKey):
+        raise SecAggTypeError(f"identity must be a secagg.IdentityKey, got {type(identity).__name__}")
+    if alliance is not None and not isinstance(alliance, Alliance):
+        raise SecAggTypeError(f"alliance must be a secagg.Alliance, got {type(alliance).__name__}")
+    if spec.protocol.active:
+        if identity is None or alliance is None:
+            raise SecAggValueError(
+                f"client {client_id}: the round is active; pass this client's identity= and the alliance= "
+                "(a client without an identity cannot take part)"
+            )
+        if isinstance(client_id, int) and alliance.get(client_id) != identity.public_bytes():
+            raise SecAggValueError(f"client {client_id}: identity is not the alliance's key of client {client_id}")
+    elif identity is not None or alliance is not None:
+        raise UnsafeParametersError(
+            f"client {client_id}: this client has an identity but the round is semi-honest; refusing the "
+            "downgrade (the server must run the round in active mode)"
+        )
+
+
 class SecureClient:
     """One client's side of one secure round (sans-I/O: you carry the messages).
 
@@ -82,10 +110,17 @@ class SecureClient:
         rng: randomness for the protocol secrets, rounding and the DP noise share
             (default: a fresh CSPRNG; never a guessable seed in production: the noise
             share must stay secret).
+        identity: this client's long-term :class:`~secagg.IdentityKey` (active mode).
+        alliance: the alliance's :class:`~secagg.Alliance` (active mode), loaded from the
+            file distributed out of band, never from the server.
 
     Raises:
         SecAggValueError: the spec's layout is not the model's, or the spec names another
-            model (or none).
+            model (or none); an active spec without ``identity`` and ``alliance``, or an
+            identity that is not the alliance's key of ``client_id``.
+        UnsafeParametersError: an identity or an alliance with a semi-honest spec (the
+            client refuses the downgrade).
+        SecAggTypeError: ``identity`` or ``alliance`` of the wrong type.
 
     Use: ``start()`` -> send; ``receive(msg)`` -> send the reply if not None; after the
     share delivery (``receive`` returns None, :attr:`awaiting_update`), call
@@ -93,14 +128,40 @@ class SecureClient:
     """
 
     def __init__(
-        self, spec: RoundSpec, client_id: int, global_model: StateLike | _Snapshot, *, rng: RngLike = None
+        self,
+        spec: RoundSpec,
+        client_id: int,
+        global_model: StateLike | _Snapshot,
+        *,
+        rng: RngLike = None,
+        identity: IdentityKey | None = None,
+        alliance: Alliance | None = None,
     ) -> None:
+        if not isinstance(spec, RoundSpec):
+            raise SecAggTypeError(f"spec must be a RoundSpec, got {type(spec).__name__}")
+        _check_mode(spec, client_id, identity, alliance)
         snap = global_model if isinstance(global_model, _Snapshot) else _Snapshot(spec, global_model)
         if snap.spec is not spec and snap.spec != spec:
             raise SecAggValueError("the snapshot was checked against another round's spec")
-        self._snap = snap
-        self._rng: RandomSource = as_random_source(rng)
-        self._session = ClientSession(spec.protocol, client_id, self._rng)
+        rng_src: RandomSource = as_random_source(rng)
+        if spec.protocol.active:
+            session = ClientSession(
+                spec.protocol,
+                client_id,
+                rng_src,
+                identity=identity,
+                alliance=alliance,
+                spec_fingerprint=spec.fingerprint,
+                model_digest=spec.model_digest,
+            )
+        else:
+            session = ClientSession(spec.protocol, client_id, rng_src)
+        self._snap, self._rng, self._session = snap, rng_src, session
+
+    @property
+    def security_mode(self) -> str:
+        """``"active"`` or ``"semi-honest"``: the protocol this client runs."""
+        return "active" if self._snap.spec.protocol.active else "semi-honest"
 
     @property
     def spec(self) -> RoundSpec:

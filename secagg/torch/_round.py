@@ -23,7 +23,8 @@ from torch import nn
 
 from dp.errors import DPError
 from secagg.driver import STAGES, drive_round
-from secagg.errors import SecAggError, SecAggTypeError, SecAggValueError
+from secagg.errors import SecAggError, SecAggTypeError, SecAggValueError, UnsafeParametersError
+from secagg.identity import Alliance, IdentityKey
 from secagg.messages import Stage
 from secagg.rand import RngLike, as_random_source
 from secagg.spec import RoundSpec
@@ -60,15 +61,25 @@ class _TorchClient:
         train_fn: TrainFn,
         seed: bytes,
         tally: _Tally,
+        identity: IdentityKey | None = None,
+        alliance: Alliance | None = None,
     ) -> None:
         self._pid, self._client, self._model, self._snap = pid, client, model, snapshot
         self._train_fn, self._seed, self._tally = train_fn, seed, tally
+        self._identity, self._alliance = identity, alliance
         self._sc: SecureClient | None = None
 
     def __call__(self, stage: Stage, data: bytes) -> bytes | None:
         if self._sc is None:
             # the client reads the spec from the wire and checks it against the model it holds
-            self._sc = SecureClient(RoundSpec.from_bytes(data), self._pid, self._snap, rng=self._seed)
+            self._sc = SecureClient(
+                RoundSpec.from_bytes(data),
+                self._pid,
+                self._snap,
+                rng=self._seed,
+                identity=self._identity,
+                alliance=self._alliance,
+            )
             return self._sc.start().encode()
         sc = self._sc
         reply = sc.receive(data)
@@ -125,6 +136,42 @@ def _silent(dropouts: Mapping[str, Iterable[Any]] | None, pos: Mapping[Any, int]
     return out
 
 
+def _protocol_ids(
+    ids: Sequence[Any], identities: Mapping[Any, IdentityKey] | None, alliance: Alliance | None
+) -> tuple[dict[Any, int], dict[Any, IdentityKey]]:
+    """Client -> protocol id (and, in active mode, -> its identity), all checked first."""
+    if alliance is None:
+        if identities is not None:
+            raise UnsafeParametersError(
+                "identities were given but the server has no alliance, so the round would be semi-honest; clients "
+                "with an identity refuse the downgrade: create the SecureServer with alliance="
+            )
+        return {c: i + 1 for i, c in enumerate(ids)}, {}
+    if identities is None or not isinstance(identities, Mapping):
+        raise SecAggValueError(
+            "the server has an alliance, so the round is active: pass identities={client: IdentityKey} for every client"
+        )
+    by_key = {key: cid for cid, key in alliance.items()}
+    pos: dict[Any, int] = {}
+    keys: dict[Any, IdentityKey] = {}
+    for c in ids:
+        key = identities.get(c)
+        if key is None:
+            raise SecAggValueError(f"client {c!r} has no identity; an active round refuses clients without one")
+        if not isinstance(key, IdentityKey):
+            raise SecAggTypeError(f"identities[{c!r}] must be a secagg.IdentityKey, got {type(key).__name__}")
+        pid = by_key.get(key.public_bytes())
+        if pid is None:
+            raise SecAggValueError(f"client {c!r}: its identity is not a member of the server's alliance")
+        pos[c], keys[c] = pid, key
+    if sorted(pos.values()) != list(range(1, len(ids) + 1)):
+        raise SecAggValueError(
+            f"an active round of {len(ids)} clients addresses alliance ids 1..{len(ids)}; these clients' identities "
+            f"are alliance ids {sorted(pos.values())}"
+        )
+    return pos, keys
+
+
 def run_round(
     global_model: nn.Module,
     clients: Sequence[Any],
@@ -135,6 +182,7 @@ def run_round(
     apply: bool = True,
     server_lr: float = 1.0,
     rng: RngLike = None,
+    identities: Mapping[Any, IdentityKey] | None = None,
 ) -> RoundReport:
     """Run one secure round over the in-memory network (a simulation).
 
@@ -156,11 +204,18 @@ def run_round(
         apply: add the mean update to ``global_model``.
         server_lr: server learning rate for ``apply``.
         rng: randomness of the clients (protocol secrets, rounding, DP noise).
+        identities: client -> its :class:`~secagg.IdentityKey`, required when the server
+            has an alliance (active mode): each client then takes the protocol id its key
+            has in the alliance (the cohort must be alliance ids 1..n), signs its
+            advertisement and checks its neighbours.  Refused without an alliance (a client
+            with an identity never runs a semi-honest round).
 
     Raises:
         ProtocolAbort: too few clients survived (nothing was revealed; the model is
             unchanged; nothing is recorded).
-        SecAggValueError, SecAggTypeError: bad arguments (nothing ran).
+        SecAggValueError, SecAggTypeError: bad arguments, or in active mode a client
+            without an identity or outside the alliance (nothing ran).
+        UnsafeParametersError: ``identities`` for a server without an alliance.
     """
     if not isinstance(server, SecureServer):
         raise SecAggTypeError(f"server must be a SecureServer, got {type(server).__name__}")
@@ -173,8 +228,9 @@ def run_round(
     ids = list(clients)
     if len(set(ids)) != len(ids):
         raise SecAggValueError("client identifiers must be distinct")
-    pos = {c: i + 1 for i, c in enumerate(ids)}
-    who = {i + 1: c for i, c in enumerate(ids)}
+    alliance = server.alliance
+    pos, keys = _protocol_ids(ids, identities, alliance)
+    who = {p: c for c, p in pos.items()}
     silent = _silent(dropouts, pos)
     src = as_random_source(rng)
     model = unwrap(global_model)
@@ -184,10 +240,18 @@ def run_round(
     snapshot = _Snapshot(spec, model)  # the full state: names outside the layout are known, not unexpected
     tally = _Tally()
     endpoints = {
-        pid: _TorchClient(pid, who[pid], model, snapshot, train_fn, src.bytes(32), tally) for pid in who
+        pid: _TorchClient(pid, who[pid], model, snapshot, train_fn, src.bytes(32), tally, keys.get(who[pid]), alliance)
+        for pid in sorted(who)
     }
     transport = MemoryTransport(endpoints, silent=silent, drops_on=(Exception,), clock=time.perf_counter)
-    run = drive_round(spec.protocol, transport, setup=spec.to_bytes(), timer=time.perf_counter)
+    run = drive_round(
+        spec.protocol,
+        transport,
+        setup=spec.to_bytes(),
+        timer=time.perf_counter,
+        alliance=alliance,
+        model_digest=spec.model_digest,
+    )
 
     t0 = time.perf_counter()
     res = run.result

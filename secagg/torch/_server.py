@@ -5,7 +5,14 @@ tracker and ledger, and the composition of the clients' self-reported DP-SGD.  P
 builds the :class:`~secagg.spec.RoundSpec` (:meth:`SecureServer.new_round`, through
 :func:`secagg.spec.build_spec`, binding the global model's digest and the ledger head) and,
 once :func:`secagg.driver.drive_round` has run the round over some transport, decodes,
-accounts and records it (:meth:`SecureServer.finish`).  It never runs a protocol stage
+accounts and records it (:meth:`SecureServer.finish`).
+
+With the alliance's identity keys (``alliance=``) every round runs in **active mode**
+(signed advertisements, the consistency round, verified shares) and each ledger record
+carries the signed audit trail that ``secagg verify --alliance`` checks.  Without an
+alliance the rounds run the semi-honest protocol: the only mode available to users
+without identities, stated in every ledger record (``security_mode``), in the ledger
+header and by :attr:`SecureServer.security_mode`.  It never runs a protocol stage
 itself and never holds an individual update: only the driver's session sees masked
 vectors, summed on arrival.
 """
@@ -23,8 +30,9 @@ from torch import nn
 from secagg._validate import check_fraction, check_int
 from secagg.driver import DriverResult
 from secagg.errors import SecAggTypeError, SecAggValueError
+from secagg.identity import Alliance
 from secagg.rand import RngLike, as_random_source
-from secagg.rounds import account_round, check_budget, ledger_header
+from secagg.rounds import account_round, check_budget, ledger_header, security_mode
 from secagg.spec import DPAggregation, FedAvgAggregation, RoundSpec, build_spec
 from secagg.torch._bind import array_specs, model_arrays
 from secagg.torch._names import map_names, unwrap
@@ -53,6 +61,10 @@ class SecureServer:
         sampling_rate: fraction of the population sampled per round (for the release
             figure's amplification), if known.
         rng: randomness for round ids (default: a fresh CSPRNG).
+        alliance: the alliance's identity keys (:class:`secagg.Alliance`, protocol id ->
+            Ed25519 public key): every round runs in active mode and records its signed
+            audit trail.  None: the semi-honest protocol (for users without identities;
+            every ledger record and :attr:`security_mode` say so).
     """
 
     def __init__(
@@ -68,6 +80,7 @@ class SecureServer:
         ledger: Any = None,
         sampling_rate: float | None = None,
         rng: RngLike = None,
+        alliance: Alliance | None = None,
     ) -> None:
         if not isinstance(layout, UpdateLayout):
             raise SecAggTypeError(f"layout must be an UpdateLayout, got {type(layout).__name__}")
@@ -86,6 +99,9 @@ class SecureServer:
             raise SecAggTypeError("ledger must be a dp.ledger.Ledger")
         if isinstance(aggregation, DPAggregation) and ledger is not None and tracker is None:
             raise SecAggValueError("a DP run's ledger records epsilons: pass tracker=PrivacyTracker(...) too")
+        if alliance is not None and not isinstance(alliance, Alliance):
+            raise SecAggTypeError(f"alliance must be a secagg.Alliance, got {type(alliance).__name__}")
+        self._alliance = alliance
         self._layout = layout
         self._agg = aggregation
         self._dropout = dropout_fraction
@@ -119,6 +135,21 @@ class SecureServer:
         return self._spec
 
     @property
+    def alliance(self) -> Alliance | None:
+        """The alliance's identity keys (None: semi-honest rounds)."""
+        return self._alliance
+
+    @property
+    def active(self) -> bool:
+        """True when the rounds run in active mode (the server has an alliance)."""
+        return self._alliance is not None
+
+    @property
+    def security_mode(self) -> str:
+        """``"active"`` or ``"semi-honest"``: the protocol every round of this server runs."""
+        return "active" if self._alliance is not None else "semi-honest"
+
+    @property
     def round_index(self) -> int:
         """Index the next (or current) round gets."""
         return self._round
@@ -143,6 +174,16 @@ class SecureServer:
         self._ledger = ledger
 
     # -- round set-up ---------------------------------------------------------------------
+    def _check_members(self, n: int) -> None:
+        if self._alliance is None:
+            return
+        missing = [cid for cid in range(1, n + 1) if cid not in self._alliance]
+        if missing:
+            raise SecAggValueError(
+                f"an active round addresses protocol ids 1..{n}; the alliance has no key for {missing[:10]}"
+                f"{' ...' if len(missing) > 10 else ''}"
+            )
+
     def _build(self, n: int, model: Mapping[str, Any] | None, round_id: bytes | None = None) -> RoundSpec:
         return build_spec(
             n,
@@ -157,12 +198,16 @@ class SecureServer:
             corrupt_fraction=self._corrupt,
             round_id=round_id,
             rng=self._rng,
+            active=self._alliance is not None,
         )
 
     def new_round(self, n: int, global_model: nn.Module | Mapping[str, torch.Tensor]) -> RoundSpec:
         """Start a round for ``n`` clients (protocol ids 1..n) training from ``global_model``;
         return the :class:`~secagg.spec.RoundSpec` to send them (``spec.to_bytes()``) with
-        the model.  A round still open is abandoned.
+        the model.  A round still open is abandoned.  With an alliance the spec is active
+        and ids 1..n must be alliance members; drive it with
+        ``drive_round(spec.protocol, transport, setup=spec.to_bytes(),
+        alliance=server.alliance, model_digest=spec.model_digest)``.
 
         Raises:
             UpdateError: ``global_model`` does not have the server's layout.
@@ -171,8 +216,10 @@ class SecureServer:
             BudgetExceededError: the round could exceed the tracker's budget if only the
                 cohort floor survived (nothing recorded).
             UnsafeParametersError: the cohort is too small for the threat model.
+            SecAggValueError: with an alliance, a protocol id in 1..n that is not a member.
         """
         n = check_int("n", n, 3)
+        self._check_members(n)
         lay = self._layout
         if isinstance(global_model, nn.Module):
             state: Mapping[str, torch.Tensor] = unwrap(global_model).state_dict()
@@ -220,6 +267,11 @@ class SecureServer:
         if run.config != spec.protocol:
             raise SecAggValueError("this driver result is of another round than the open spec")
         res = run.result
+        if res.active != spec.protocol.active:
+            raise SecAggValueError(
+                f"the driver ran the round {'active' if res.active else 'semi-honest'}, the spec "
+                f"is {security_mode(spec.protocol)}"
+            )
         survivors = tuple(res.survivors)
         reports = tuple(self_reported)
         composed = compose_self_reported(self._example_level, reports)
@@ -275,8 +327,11 @@ class SecureServer:
     def ledger_header(self, n: int, *, delta: float | None = None, population: int | None = None) -> dict[str, Any]:
         """A ledger header describing this run for cohorts of ``n`` clients (pass it to
         ``dp.ledger.Ledger.create``; see :func:`secagg.rounds.ledger_header`).  ``delta``
-        defaults to the tracker's; ``layout.fingerprint`` is the one the records carry."""
+        defaults to the tracker's; ``layout.fingerprint`` is the one the records carry;
+        ``security_mode`` is the protocol every round runs (with ``alliance``, the
+        fingerprint of the alliance the signatures verify against)."""
         n = check_int("n", n, 3)
+        self._check_members(n)
         agg = self._agg
         probe = self._build(n, None, round_id=bytes(16))  # the parameters every round of n clients gets
         aggregation = None
@@ -293,13 +348,25 @@ class SecureServer:
             planned_clients=n,
             dropout_fraction=self._dropout,
             corrupt_fraction=self._corrupt,
-            layout={"fingerprint": probe.layout_fingerprint, "size": self._layout.size,
-                    "tensors": len(self._layout.specs)},
+            layout={
+                "fingerprint": probe.layout_fingerprint,
+                "size": self._layout.size,
+                "tensors": len(self._layout.specs),
+            },
             plan=probe.plan,
             aggregation=aggregation,
             delta=delta,
             population=population,
+            extra=self._mode_fields(),
         )
+
+    def _mode_fields(self) -> dict[str, Any]:
+        if self._alliance is None:
+            return {"security_mode": "semi-honest"}
+        return {
+            "security_mode": "active",
+            "alliance": {"fingerprint": self._alliance.fingerprint, "members": len(self._alliance)},
+        }
 
     def apply(self, model: nn.Module, update: AggregateUpdate | None = None, *, server_lr: float = 1.0) -> None:
         """``model += server_lr * mean`` for the layout's tensors (in place; validated first)."""
@@ -307,4 +374,3 @@ class SecureServer:
         if upd is None:
             raise SecAggValueError("no aggregate to apply; finish a round first")
         self._layout.add_to(model, upd.mean, alpha=server_lr)
-
