@@ -9,6 +9,11 @@ Importing :mod:`secagg` never imports torch; ``import secagg.torch`` does (insta
   (:func:`secagg.driver.drive_round`) has run it over any transport, decodes, accounts and
   records it (``finish``).
 * :class:`SecureClient`: one client's side of one round, from the spec and the global model.
+* Security mode: with the alliance's identity keys (``SecureServer(..., alliance=)``,
+  ``SecureClient(..., identity=, alliance=)``, ``run_round(..., identities=)``) every round
+  runs the **active** protocol and records a signed audit trail (``secagg verify
+  --alliance``); without an alliance it runs the semi-honest one, which every ledger
+  record states.
 * :func:`run_round`: the torch round driver over the in-memory network (a simulation),
   clients' local training supplied as a function.
 * :mod:`secagg.torch.opacus_compat`: clients training with opacus' DP-SGD, and the
