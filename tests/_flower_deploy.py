@@ -60,10 +60,12 @@ class LocalGrid(Grid):
     """In-process grid over ``n`` nodes running ``client_app`` (see the module docstring).
 
     ``kill(node)`` makes a node silent from then on (its pending and future messages get
-    no reply); ``node_config(node)`` is ``{"partition-id": i, "num-partitions": n}``.
+    no reply); node ``i``'s node config is ``{"partition-id": i, "num-partitions": n}``
+    plus ``node_configs[i]`` (e.g. ``identity-key`` and ``alliance`` paths).
     """
 
-    def __init__(self, client_app: Any, n: int, *, run_config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, client_app: Any, n: int, *, run_config: Mapping[str, Any] | None = None,
+                 node_configs: Mapping[int, Mapping[str, Any]] | None = None) -> None:
         self._app = client_app
         # Message() reads the identity of the current task process (a ServerApp here)
         if getattr(TaskIdentity, "_run_id", None) is None:
@@ -78,7 +80,7 @@ class LocalGrid(Grid):
             ctx = Context(
                 run_id=1,
                 node_id=nid,
-                node_config={"partition-id": i, "num-partitions": n},
+                node_config={"partition-id": i, "num-partitions": n, **dict((node_configs or {}).get(i, {}))},
                 state=RecordDict(),
                 run_config=dict(run_config or {}),
             )
@@ -277,7 +279,8 @@ class Deployment:
             time.sleep(0.2)
         raise TimeoutError(f"port {port} not open after {timeout} s")
 
-    def add_node(self, partition: int, num_partitions: int | None = None, **node_config: bool | int | float) -> Proc:
+    def add_node(self, partition: int, num_partitions: int | None = None,
+                 **node_config: bool | int | float | str) -> Proc:
         """Start SuperNode ``partition``; ``node_config`` adds flags to its node config
         (e.g. ``**{"truncate-masked-input": True}`` for the example app's faulty node)."""
         n = self._n_total if num_partitions is None else num_partitions

@@ -5,6 +5,7 @@ session persistence, the wire forms, accounting and the ledger."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -636,3 +637,88 @@ def test_a_reply_the_session_refuses_excludes_that_node_only() -> None:
                            SecAggConfig(mode="integer", neighbors="all", **FAST))  # fmt: skip
     assert len(res.survivors) == 4 and nodes[1] not in res.survivors
     assert list(res.excluded) == [nodes[1]] and all(v == () for v in res.dropped.values())
+
+
+# ----------------------------------------------------------------------------- active mode (alliance)
+
+
+def _alliance_files(
+    tmp_path: Any, members: dict[int, int], outsiders: list[int]
+) -> tuple[Any, dict[int, dict[str, str]]]:
+    """Key files for partitions (``members``: partition -> member id; ``outsiders``: a key
+    not in the alliance) and the alliance file; return (alliance, node configs)."""
+    from secagg.identity import Alliance, IdentityKey
+
+    keys = {p: IdentityKey.generate() for p in [*members, *outsiders]}
+    alliance = Alliance({m: keys[p].public_bytes() for p, m in members.items()})
+    (tmp_path / "alliance.json").write_text(alliance.to_json())
+    configs = {}
+    for p, k in keys.items():
+        (tmp_path / f"node{p}.key").write_text(k.private_bytes().hex())
+        configs[p] = {"identity-key": str(tmp_path / f"node{p}.key"), "alliance": str(tmp_path / "alliance.json")}
+    return alliance, configs
+
+
+def test_active_round_refuses_the_outsider_and_its_ledger_verifies_against_the_alliance(tmp_path: Any) -> None:
+    from dp.ledger import Ledger, read_ledger
+    from secagg.cli import main as cli
+    from secagg.errors import SignatureError
+    from secagg.rounds import verify_contributions
+
+    members = {0: 3, 1: 1, 2: 2}  # partition -> member id (not the node order)
+    alliance, configs = _alliance_files(tmp_path, members, [3])
+    grid = LocalGrid(_app("integer", 16), 4, node_configs=configs)
+    tmpl = {"x": np.zeros(21, np.int64)}
+    cfg = SecAggConfig(mode="integer", bits=16, alliance=str(tmp_path / "alliance.json"), **FAST)
+    assert cfg.alliance == alliance and cfg.security_mode == "active"
+    probe = SecAggServer(cfg)
+    ledger = Ledger.create(tmp_path / "ledger.jsonl", probe.ledger_header(3, tmpl, delta=1e-6))
+    server = SecAggServer(cfg, ledger=ledger)
+    res = server.run_round(grid, grid.get_node_ids(), tmpl)
+    outsider = grid.node_ids[3]
+    assert list(res.refused) == [outsider] and "not in the alliance" in res.refused[outsider]
+    assert res.security_mode == "active"
+    assert res.members == {m: grid.node_ids[p] for p, m in members.items()}
+    assert sorted(grid.partition_of(n) for n in res.survivors) == [0, 1, 2]
+    np.testing.assert_array_equal(res.arrays["x"].numpy(), sum(_ints(p, 21, 16) for p in range(3)) % (1 << 16))
+    _, (rec,) = read_ledger(tmp_path / "ledger.jsonl")
+    assert rec["security_mode"] == "active" and rec["refused_nodes"] == {str(outsider): res.refused[outsider]}
+    assert rec["member_nodes"] == {str(m): n for m, n in sorted(res.members.items())}
+    assert len(verify_contributions(rec, alliance)) == 3
+    assert cli(["verify", str(tmp_path / "ledger.jsonl"), "--alliance", str(tmp_path / "alliance.json")]) == 0
+    # one byte of one signature changed: the check fails
+    lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
+    sig = rec["audit"]["advertisements"][0]["signature"]
+    bad = sig[:10] + ("0" if sig[10] != "0" else "1") + sig[11:]
+    (tmp_path / "bad.jsonl").write_text("\n".join([lines[0], lines[1].replace(sig, bad)]) + "\n")
+    with pytest.raises(SignatureError):
+        verify_contributions(json.loads(lines[1].replace(sig, bad)), alliance)
+    assert cli(["verify", str(tmp_path / "bad.jsonl"), "--alliance", str(tmp_path / "alliance.json")]) != 0
+    # a second round (5 stages in active mode) asks only the outsider to identify again: refused again
+    handled = grid.handled
+    res2 = server.run_round(grid, grid.get_node_ids(), tmpl)
+    assert grid.handled - handled == 1 + 3 * 5 and list(res2.refused) == [outsider]
+
+
+def test_active_mode_refusals_downgrade_and_missing_identity(tmp_path: Any) -> None:
+    members = {0: 1, 1: 2, 2: 3}
+    alliance, configs = _alliance_files(tmp_path, members, [])
+    tmpl = {"x": np.zeros(5, np.int64)}
+    # nodes with identities refuse a semi-honest round (a downgrade)
+    grid = LocalGrid(_app("integer", 16), 3, node_configs=configs)
+    with pytest.raises(SecureRoundAbort) as exc:
+        run_secure_round(grid, grid.get_node_ids(), tmpl, SecAggConfig(mode="integer", bits=16, **FAST))
+    assert len(exc.value.refused) == 3 and all("semi-honest" in r for r in exc.value.refused.values())
+    # nodes without identities cannot identify: no active round
+    plain = LocalGrid(_app("integer", 16), 3)
+    with pytest.raises(SecureRoundAbort) as exc:
+        run_secure_round(plain, plain.get_node_ids(), tmpl, SecAggConfig(mode="integer", bits=16, alliance=alliance,
+                                                                          **FAST))
+    assert len(exc.value.refused) == 3 and all("no alliance identity" in r for r in exc.value.refused.values())
+    # member ids must be the protocol ids 1..N; identity and alliance go together
+    with pytest.raises(SecAggValueError):
+        SecAggConfig(alliance=type(alliance)({1: alliance[1], 2: alliance[2], 5: alliance[3]}))
+    from secagg.flower import SecAggClient
+
+    with pytest.raises(SecAggValueError):
+        SecAggClient(lambda a, c, x: (a, 1), alliance=alliance)

@@ -48,6 +48,7 @@ __all__ = [
     "TRAIN_CONFIG_KEY",
     "arrays_of",
     "export_session",
+    "identify_statement",
     "pack_payload",
     "restore_session",
     "unpack_payload",
@@ -69,9 +70,15 @@ CLIP_NORM_KEY = "secagg.clip-norm"
 INDICATOR_SCALE_KEY = "secagg.indicator-scale"
 #: Layout name of the adaptive-clipping indicator coordinate (one float).
 CLIP_INDICATOR = "secagg.clip-indicator"
-#: ``kind`` of a control record: a request (one reply awaited) or a notice (none).
+#: ``kind`` of a control record: a request (one reply awaited) or a notice (none); an
+#: ``identify`` request (active mode, before a round) asks a node to prove which alliance
+#: member it is: its payload is a fresh challenge, the reply the member id (4 bytes, big
+#: endian) and the Ed25519 signature of :func:`identify_statement`.
 REQUEST = "request"
 NOTICE = "notice"
+IDENTIFY = "identify"
+IDENTIFY_CHALLENGE_BYTES = 32
+_IDENTIFY_DOMAIN = b"secagg/flower/identify/v1\x00"
 #: Code of the Flower ``Error`` a secagg client answers with when it refuses or fails a
 #: stage (its reason says why: policy, budget, a bad spec, a replay, a model mismatch).
 SECAGG_ERROR_CODE = 5091
@@ -107,6 +114,19 @@ def unpack_payload(record: Any) -> bytes:
     if arr.stype != PAYLOAD_STYPE or arr.dtype != "uint8" or tuple(arr.shape) != (len(data),):
         raise MessageError("the secagg payload array is not raw uint8 bytes of its declared length")
     return bytes(data)
+
+
+def identify_statement(alliance_fingerprint: str, challenge: bytes, node_id: int, member: int) -> bytes:
+    """What a node signs to prove it is alliance member ``member`` on Flower node
+    ``node_id``, in answer to the server's fresh ``challenge``: its own domain label (no
+    protocol statement starts with it), the alliance's fingerprint, the challenge, the node
+    id (8 bytes) and the member id (4 bytes)."""
+    if not isinstance(challenge, bytes) or len(challenge) != IDENTIFY_CHALLENGE_BYTES:
+        raise MessageError(f"an identify challenge is {IDENTIFY_CHALLENGE_BYTES} bytes")
+    if not (0 <= node_id < 1 << 64 and 0 < member < 1 << 32):
+        raise MessageError("node id or member id out of range")
+    return (_IDENTIFY_DOMAIN + bytes.fromhex(alliance_fingerprint) + challenge + node_id.to_bytes(8, "big")
+            + member.to_bytes(4, "big"))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -146,14 +166,17 @@ def export_session(session: ClientSession) -> bytes:
     return session.export_state()
 
 
-def restore_session(data: bytes, rng: RngLike = None) -> ClientSession:
+def restore_session(data: bytes, rng: RngLike = None, *, identity: Any = None, alliance: Any = None) -> ClientSession:
     """:meth:`ClientSession.restore <secagg.client.ClientSession.restore>`: rebuild a
     session from :func:`export_session` bytes.
 
     ``rng`` feeds the randomness still to be drawn (Shamir polynomials and AEAD nonces of
-    the key-sharing stage); None is a fresh CSPRNG.
+    the key-sharing stage); None is a fresh CSPRNG.  An active session (state version 2)
+    needs this node's ``identity`` (:class:`~secagg.identity.IdentityKey`, never in the
+    state) and the same ``alliance``.
 
     Raises:
         MessageError: malformed state.
+        SecAggValueError: an active state without its identity or with another alliance.
     """
-    return ClientSession.restore(data, rng)
+    return ClientSession.restore(data, rng, identity=identity, alliance=alliance)

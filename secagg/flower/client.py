@@ -38,6 +38,7 @@ that sends one node a crafted model) and fit the round's layout.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -56,6 +57,7 @@ from secagg.flower._codec import (
     CLIP_INDICATOR,
     CLIP_NORM_KEY,
     CONTROL_KEY,
+    IDENTIFY,
     INDICATOR_SCALE_KEY,
     NOTICE,
     PAYLOAD_KEY,
@@ -66,16 +68,21 @@ from secagg.flower._codec import (
     TRAIN_CONFIG_KEY,
     arrays_of,
     export_session,
+    identify_statement,
     pack_payload,
     restore_session,
     unpack_payload,
 )
+from secagg.flower.config import load_alliance, load_identity
+from secagg.identity import Alliance, IdentityKey
 from secagg.messages import Stage
 from secagg.rand import RngLike
 from secagg.spec import MODES, RoundSpec
 
 __all__ = [
+    "ALLIANCE_CONFIG_KEY",
     "HEADS_KEY",
+    "IDENTITY_CONFIG_KEY",
     "JOINED_KEY",
     "KEPT_HEADS",
     "KEPT_ROUNDS",
@@ -99,6 +106,10 @@ KEPT_HEADS = 1000
 JOINED_KEY = "secagg.joined-rounds"
 KEPT_ROUNDS = 10000
 _STAGES = frozenset(s.value for s in Stage)
+#: Node-config keys (``flower-supernode --node-config``) of this node's identity key file
+#: and of the alliance file, read when the handler was given neither.
+IDENTITY_CONFIG_KEY = "identity-key"
+ALLIANCE_CONFIG_KEY = "alliance"
 
 
 @dataclass(frozen=True)
@@ -219,6 +230,15 @@ class SecAggClient:
         evaluate_fn: optional local evaluation for secure evaluation rounds
             (:meth:`SecAggServer.run_evaluation <secagg.flower.SecAggServer.run_evaluation>`,
             ``SecAggFedAvg(evaluate="secure")``); without it such rounds are refused.
+        identity: this node's :class:`~secagg.identity.IdentityKey` or the path of its key
+            file (:func:`~secagg.flower.config.load_identity`); None: the node config's
+            ``identity-key`` path, if any.
+        alliance: the :class:`~secagg.identity.Alliance` or the path of its JSON file;
+            None: the node config's ``alliance`` path, if any.  With an identity and an
+            alliance the node runs **active** rounds only (a semi-honest round is refused
+            as a downgrade) and proves its membership when the server asks (a signed
+            answer to the server's fresh challenge); without them it takes part in
+            semi-honest rounds only.  One without the other is a configuration error.
     """
 
     def __init__(
@@ -229,6 +249,8 @@ class SecAggClient:
         rng: RngLike = None,
         journal: str | os.PathLike[str] | None = None,
         evaluate_fn: FlowerEvaluateFn | None = None,
+        identity: IdentityKey | str | os.PathLike[str] | None = None,
+        alliance: Alliance | str | os.PathLike[str] | None = None,
     ) -> None:
         if not callable(train_fn):
             raise SecAggTypeError("train_fn must be callable")
@@ -243,10 +265,42 @@ class SecAggClient:
         if journal is not None and not isinstance(journal, (str, os.PathLike)):
             raise SecAggTypeError("journal must be a path or None")
         self._journal = None if journal is None else os.fspath(journal)
+        self._identity = None if identity is None else load_identity(identity)
+        self._alliance = None if alliance is None else load_alliance(alliance)
+        if (identity is None) != (alliance is None):
+            raise SecAggValueError("give both identity= and alliance= (active mode) or neither")
+
+    def _identities(self, context: Any) -> tuple[IdentityKey | None, Alliance | None]:
+        """This node's identity and alliance: the handler's, else the node config's paths."""
+        if self._identity is not None:
+            return self._identity, self._alliance
+        cfg = getattr(context, "node_config", None) or {}
+        key_path, alliance_path = cfg.get(IDENTITY_CONFIG_KEY), cfg.get(ALLIANCE_CONFIG_KEY)
+        if not key_path and not alliance_path:
+            return None, None
+        if not key_path or not alliance_path:
+            raise _refuse(f"this node's config names only one of {IDENTITY_CONFIG_KEY!r} and {ALLIANCE_CONFIG_KEY!r}")
+        try:
+            return load_identity(str(key_path)), load_alliance(str(alliance_path))
+        except OSError as exc:
+            raise _refuse(f"this node cannot read its identity or alliance: {exc}") from exc
+
+    def _identify(self, challenge: bytes, message: Any, context: Any) -> bytes:
+        """Prove this node's alliance membership: member id + signature of the challenge."""
+        identity, alliance = self._identities(context)
+        if identity is None or alliance is None:
+            raise _refuse("this node has no alliance identity (no identity-key and alliance configured)")
+        mine = identity.public_bytes()
+        member = next((m for m, k in alliance.items() if k == mine), None)
+        if member is None:
+            raise _refuse("this node's identity key is not in the alliance")
+        node = int(message.metadata.dst_node_id)
+        statement = identify_statement(alliance.fingerprint, challenge, node, member)
+        return member.to_bytes(4, "big") + identity.sign(statement)
 
     def __call__(self, message: Any, context: Any) -> Any:
         """Answer one secagg message (an error reply when this client refuses or fails)."""
-        from flwr.app import ConfigRecord, Error, RecordDict
+        from flwr.app import Error
         from flwr.app import Message as FlowerMessage
 
         try:
@@ -254,12 +308,17 @@ class SecAggClient:
             kind, stage, rid = str(ctl["kind"]), str(ctl["stage"]), str(ctl["round"])
             cid = ctl["cid"]
             payload = unpack_payload(message.content.array_records[PAYLOAD_KEY])
+            if kind == IDENTIFY:
+                return self._reply(message, stage, rid, self._identify(payload, message, context))
             if kind not in (REQUEST, NOTICE) or stage not in _STAGES:
                 raise MessageError(f"unknown kind {kind!r} or stage {stage!r}")
             if isinstance(cid, bool) or not isinstance(cid, int):
                 raise MessageError("the control record carries no client id")
         except (KeyError, MessageError) as exc:
             return FlowerMessage(Error(SECAGG_ERROR_CODE, f"secagg: malformed request: {exc}"), reply_to=message)
+        except SecAggError as exc:  # identify refused
+            log.warning("secagg client refused to identify: %s", exc)
+            return FlowerMessage(Error(SECAGG_ERROR_CODE, f"secagg: {exc}"), reply_to=message)
         try:
             reply = self._handle(kind, Stage(stage), rid, cid, payload, message, context)
         except ReplayedRound as exc:
@@ -271,6 +330,13 @@ class SecAggClient:
                 raise
             log.warning("secagg client refused stage %s of round %s: %s", stage, rid[:8], exc)
             return FlowerMessage(Error(SECAGG_ERROR_CODE, f"secagg: {type(exc).__name__}: {exc}"), reply_to=message)
+        return self._reply(message, stage, rid, reply)
+
+    @staticmethod
+    def _reply(message: Any, stage: str, rid: str, reply: bytes | None) -> Any:
+        from flwr.app import ConfigRecord, RecordDict
+        from flwr.app import Message as FlowerMessage
+
         content: dict[str, Any] = {CONTROL_KEY: ConfigRecord({"stage": stage, "round": rid})}
         if reply is not None:
             content[PAYLOAD_KEY] = pack_payload(reply)
@@ -330,8 +396,10 @@ class SecAggClient:
                 "no secagg session for this round on this node (it never started or was forgotten)", client=0
             )
         spec_bytes = bytes(rec["spec"])
-        session = restore_session(bytes(rec["session"]), self._rng)
-        return session, RoundSpec.from_bytes(spec_bytes), spec_bytes
+        spec = RoundSpec.from_bytes(spec_bytes)
+        identity, alliance = self._identities(context) if spec.protocol.active else (None, None)
+        session = restore_session(bytes(rec["session"]), self._rng, identity=identity, alliance=alliance)
+        return session, spec, spec_bytes
 
     # -- stages ----------------------------------------------------------------------------
 
@@ -345,7 +413,15 @@ class SecAggClient:
             raise RemoteProtocolError("the request's round id differs from the round spec's", client=0,
                                       stage=Stage.ADVERTISE_KEYS.value)  # fmt: skip
         self._policy.check(spec)
-        session = ClientSession(spec.protocol, cid, self._rng)
+        identity, alliance = self._identities(context)
+        if spec.protocol.active:
+            if identity is None:
+                raise _refuse("an active round needs an alliance identity; this node has none")
+            session = ClientSession(spec.protocol, cid, self._rng, identity=identity, alliance=alliance,
+                                    spec_fingerprint=hashlib.sha256(payload).hexdigest(),
+                                    model_digest=spec.model_digest)  # fmt: skip
+        else:  # with an identity this refuses the downgrade (UnsafeParametersError)
+            session = ClientSession(spec.protocol, cid, self._rng, identity=identity, alliance=alliance)
         out = session.start().encode()
         self._remember(context, JOINED_KEY, rid, KEPT_ROUNDS)  # joined: never again, whatever happens next
         self._journal_append(rid)
@@ -473,10 +549,14 @@ def register(
     rng: RngLike = None,
     journal: str | os.PathLike[str] | None = None,
     evaluate_fn: FlowerEvaluateFn | None = None,
+    identity: IdentityKey | str | os.PathLike[str] | None = None,
+    alliance: Alliance | str | os.PathLike[str] | None = None,
 ) -> SecAggClient:
     """Register a :class:`SecAggClient` on ``app`` (a :class:`flwr.clientapp.ClientApp`)
     for ``"train.secagg"`` messages (secure training rounds and, with ``evaluate_fn``,
-    secure evaluation rounds); return the handler."""
-    handler = SecAggClient(train_fn, policy=policy, rng=rng, journal=journal, evaluate_fn=evaluate_fn)
+    secure evaluation rounds); return the handler.  ``identity``/``alliance``: see
+    :class:`SecAggClient` (default: the node config's ``identity-key`` and ``alliance``)."""
+    handler = SecAggClient(train_fn, policy=policy, rng=rng, journal=journal, evaluate_fn=evaluate_fn,
+                           identity=identity, alliance=alliance)  # fmt: skip
     app.train("secagg")(handler)
     return handler

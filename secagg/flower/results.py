@@ -97,6 +97,10 @@ class SecureRoundResult:
         evaluation: a secure evaluation round: metric name -> weighted mean over the
             survivors (weights: example counts, total in ``total_weight``); None for a
             training round.
+        security_mode: ``"active"`` (an alliance: signed advertisements, consistency
+            round, signed trail in the ledger) or ``"semi-honest"`` (no identities).
+        members: active mode: member id (= protocol id) -> node id of the members that
+            proved their identity for this round (empty in semi-honest mode).
     """
 
     round_index: int
@@ -123,6 +127,8 @@ class SecureRoundResult:
     clip_norm: float | None = None
     unclipped_fraction: float | None = None
     evaluation: dict[str, float] | None = None
+    security_mode: str = "semi-honest"
+    members: dict[int, int] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, int | float]:
         """Scalar summary, ready for a :class:`flwr.app.MetricRecord`."""

@@ -41,15 +41,24 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from secagg.driver import StageReport as DriverStageReport
 from secagg.driver import drive_round
-from secagg.errors import ProtocolAbort, SecAggTypeError, SecAggValueError
+from secagg.errors import MessageError, ProtocolAbort, SecAggTypeError, SecAggValueError, SignatureError
 from secagg.flower._codec import (
     ARRAYS_KEY,
     CLIP_INDICATOR,
     CLIP_NORM_KEY,
+    CONTROL_KEY,
+    IDENTIFY,
+    IDENTIFY_CHALLENGE_BYTES,
     INDICATOR_SCALE_KEY,
+    MESSAGE_TYPE,
+    PAYLOAD_KEY,
+    SECAGG_ERROR_CODE,
     TASK_KEY,
     TRAIN_CONFIG_KEY,
     arrays_of,
+    identify_statement,
+    pack_payload,
+    unpack_payload,
 )
 from secagg.flower.config import SecAggConfig
 from secagg.flower.results import SecureRoundAbort, SecureRoundResult, StageReport
@@ -112,6 +121,16 @@ class SecAggServer:
         indicator_scale: ``alpha`` above (> 0); larger means a less noisy quantile
             estimate (count noise std ``z sqrt(1 + alpha^2/4) / alpha``) and more noise on
             the update (std ``z C sqrt(1 + alpha^2/4)``).
+        alliance: an :class:`~secagg.identity.Alliance` or the path of its JSON file
+            (replaces ``config.alliance``): active mode.  Before its first round with a
+            node the server sends it a fresh challenge; the node answers with its member
+            id and the signature of :func:`~secagg.flower._codec.identify_statement` by
+            that member's key.  A node that cannot (its key is not in the alliance, a bad
+            signature, no reply, a member already on another node) is refused: it gets no
+            round message and ``result.refused`` and the ledger record (``refused_nodes``)
+            name it with the reason.  Member ``m`` is protocol id ``m`` in every round
+            (``n`` is the alliance's size; a member without a node is silent from the
+            start), so the ledger's signed trail verifies against the alliance file.
     """
 
     def __init__(
@@ -123,10 +142,13 @@ class SecAggServer:
         rng: RngLike = None,
         clipper: Any = None,
         indicator_scale: float = 1.0,
+        alliance: Any = None,
     ) -> None:
         cfg = SecAggConfig() if config is None else config
         if not isinstance(cfg, SecAggConfig):
             raise SecAggTypeError(f"config must be a SecAggConfig, got {type(cfg).__name__}")
+        if alliance is not None:
+            cfg = dataclasses.replace(cfg, alliance=alliance)
         if tracker is not None and not hasattr(tracker, "record_round"):
             raise SecAggTypeError("tracker must be a dp.tracker.PrivacyTracker")
         if ledger is not None and not (hasattr(ledger, "append") and hasattr(ledger, "head_for_clients")):
@@ -157,6 +179,7 @@ class SecAggServer:
         self._ledger = ledger
         self._rng = as_random_source(rng)
         self._round = 0
+        self._member_of: dict[int, int] = {}  # node id -> member id it proved (active mode)
         self.last: SecureRoundResult | None = None
 
     @property
@@ -232,7 +255,7 @@ class SecAggServer:
         if layout is None or rule is None:
             layout, rule = self._training(arrays)
         return build_spec(
-            n,
+            len(cfg.alliance) if cfg.active else n,  # active: protocol ids are the member ids
             layout,
             rule,
             round_index=self._round if round_index is None else round_index,
@@ -244,6 +267,7 @@ class SecAggServer:
             dropout_fraction=cfg.dropout_fraction,
             corrupt_fraction=cfg.corrupt_fraction,
             round_id=round_id,
+            active=cfg.active,
         )
 
     def plan_round(self, n: int, arrays: Any) -> RoundSpec:
@@ -374,6 +398,12 @@ class SecAggServer:
         t_start = time.perf_counter()
         if on_stage is not None and not callable(on_stage):
             raise SecAggTypeError("on_stage must be callable")
+        cohort: Sequence[int] | dict[int, int] = nodes
+        members: dict[int, int] = {}
+        refused_nodes: dict[int, str] = {}
+        if self._cfg.active:
+            members, refused_nodes = self._identify(grid, nodes)
+            cohort = members
         spec = self._spec(len(nodes), arrs, self._rng.bytes(16), layout=layout, rule=rule, round_index=round_index)
         if training and spec.plan is not None:  # refuse now if even the worst accepted outcome could not be recorded
             check_budget(
@@ -391,7 +421,7 @@ class SecAggServer:
         kind = "round" if training else "evaluation"
         transport = FlowerTransport(
             grid,
-            nodes,
+            cohort,
             round_id=spec.round_id,
             group=f"secagg-{kind}-{round_index}",
             ttl=max(self._cfg.stage_timeout * 2.0, 60.0),
@@ -412,7 +442,8 @@ class SecAggServer:
 
         try:
             run = drive_round(protocol, transport, setup=spec.to_bytes(), stage_timeout=self._cfg.stage_timeout,
-                              on_stage=report)  # fmt: skip
+                              on_stage=report, alliance=self._cfg.alliance,
+                              model_digest=spec.model_digest if self._cfg.active else None)  # fmt: skip
         except ProtocolAbort as exc:
             raise SecureRoundAbort(
                 f"secure {kind} {round_index}: {exc}",
@@ -421,7 +452,7 @@ class SecAggServer:
                 excluded={transport.node_of(c): r for c, r in exc.excluded.items()},
                 nodes=nodes,
                 errors=transport.errors,
-                refused=transport.refused,
+                refused={**refused_nodes, **transport.refused},
             ) from exc
 
         t1 = time.perf_counter()
@@ -448,11 +479,15 @@ class SecAggServer:
         excluded = {transport.node_of(c): r for c, r in res.excluded.items()}
         acct = None
         if training:
-            more = {} if clip_norm is None else {"adaptive_clipping": {
+            more: dict[str, Any] = {} if clip_norm is None else {"adaptive_clipping": {
                 "clip_norm": clip_norm, "unclipped_fraction_noised": unclipped, "indicator_scale": self._alpha,
                 "target_quantile": self._clipper.target_quantile, "learning_rate": self._clipper.learning_rate,
                 "next_clip_norm": self._clipper.clip_norm}}  # fmt: skip
-            acct = self._account(spec, survivors, dropped, excluded, weight, more=more)
+            if self._cfg.active:
+                more["member_nodes"] = {str(m): n for m, n in sorted(members.items())}
+            if refused_nodes:
+                more["refused_nodes"] = {str(n): r for n, r in sorted(refused_nodes.items())}
+            acct = self._account(spec, survivors, dropped, excluded, weight, more=more, audit=res)
         bytes_down = dict(run.bytes_down)
         for rep in run.stages:
             if rep.stage == Stage.MASKED_INPUT.value:
@@ -481,10 +516,12 @@ class SecAggServer:
             bytes_down=bytes_down,
             timings=timings,
             errors=dict(transport.errors),
-            refused=dict(transport.refused),
+            refused={**refused_nodes, **transport.refused},
             clip_norm=clip_norm,
             unclipped_fraction=unclipped,
             evaluation=evaluation,
+            security_mode=self._cfg.security_mode,
+            members=members,
         )
         log.info("secagg %s %d done: %d/%d survivors, %d excluded, %d refused, in %.2f s", kind, round_index,
                  len(survivors), len(nodes), len(excluded), len(transport.refused), timings["total"])  # fmt: skip
@@ -519,6 +556,84 @@ class SecAggServer:
             seconds=rep.seconds,
         )
 
+    # -- identities (active mode) -------------------------------------------------------------
+
+    def _identify(self, grid: Any, nodes: Sequence[int]) -> tuple[dict[int, int], dict[int, str]]:
+        """Member id -> node id of the ``nodes`` that proved an alliance identity (asking
+        only the nodes not yet identified), and node id -> reason for the refused ones."""
+        from flwr.app import ConfigRecord, RecordDict
+        from flwr.app import Message as FlowerMessage
+
+        refused: dict[int, str] = {}
+        todo = [n for n in nodes if n not in self._member_of]
+        if todo:
+            challenges = {n: self._rng.bytes(IDENTIFY_CHALLENGE_BYTES) for n in todo}
+            msgs = [
+                FlowerMessage(RecordDict({
+                    CONTROL_KEY: ConfigRecord({"kind": IDENTIFY, "stage": IDENTIFY, "round": "", "cid": 0}),
+                    PAYLOAD_KEY: pack_payload(challenges[n])}), n, MESSAGE_TYPE,
+                    ttl=max(self._cfg.stage_timeout * 2.0, 60.0), group_id=f"secagg-identify-{self._round}")
+                for n in todo
+            ]  # fmt: skip
+            pending = {str(mid): n for n, mid in zip(todo, grid.push_messages(msgs), strict=True) if mid}
+            deadline = time.monotonic() + self._cfg.stage_timeout
+            while pending:
+                for reply in grid.pull_messages(list(pending)):
+                    node = pending.pop(str(reply.metadata.reply_to_message_id), None)
+                    if node is not None:
+                        why = self._check_identity(reply, node, challenges[node])
+                        if why is not None:
+                            refused[node] = why
+                if not pending or time.monotonic() >= deadline:
+                    break
+                time.sleep(self._cfg.poll_interval)
+            for node in todo:
+                if node not in self._member_of and node not in refused:
+                    refused[node] = "not identified: no identify reply before the deadline"
+        members: dict[int, int] = {}
+        for node in nodes:
+            m = self._member_of.get(node)
+            if m is None:
+                continue
+            if m in members:
+                refused[node] = f"alliance member {m} is already taking part on node {members[m]}"
+                continue
+            members[m] = node
+        for node, why in refused.items():
+            log.warning("secagg: node %d refused: %s", node, why)
+        if len(members) < 3:
+            raise SecureRoundAbort(
+                f"active mode: only {len(members)} of {len(nodes)} nodes proved an alliance identity; "
+                "a secure round needs at least 3",
+                stage=Stage.ADVERTISE_KEYS.value, dropped={}, excluded={}, nodes=list(nodes), errors={},
+                refused=refused,
+            )  # fmt: skip
+        return members, refused
+
+    def _check_identity(self, reply: Any, node: int, challenge: bytes) -> str | None:
+        """Record ``node``'s member id if its identify reply proves it; else the reason."""
+        alliance = self._cfg.alliance
+        if reply.has_error():
+            why = str(reply.error.reason)
+            return f"not identified: {why[len('secagg: '):] if why.startswith('secagg: ') else why}" + (
+                "" if int(reply.error.code) == SECAGG_ERROR_CODE else f" (error {int(reply.error.code)})")
+        if int(reply.metadata.src_node_id) != node:
+            return "not identified: the reply came from another node"
+        try:
+            data = unpack_payload(reply.content.array_records[PAYLOAD_KEY])
+            if len(data) != 4 + 64:
+                raise MessageError("an identify reply is a member id (4 bytes) and a signature (64 bytes)")
+            member = int.from_bytes(data[:4], "big")
+            if member not in alliance:
+                return f"identity not in the alliance (claims member {member}, which it does not have)"
+            alliance.verify(member, identify_statement(alliance.fingerprint, challenge, node, member), data[4:])
+        except (KeyError, MessageError) as exc:
+            return f"not identified: malformed identify reply: {exc}"
+        except SignatureError:
+            return f"identity not in the alliance: its signature does not verify under member {member}'s key"
+        self._member_of[node] = member
+        return None
+
     # -- accounting and ledger ----------------------------------------------------------------
 
     def _account(
@@ -530,6 +645,7 @@ class SecAggServer:
         weight: int,
         *,
         more: Mapping[str, Any] | None = None,
+        audit: Any = None,
     ) -> RoundAccount:
         """Feed the tracker (dp), then append the ledger record (:func:`secagg.rounds.account_round`;
         the record names the spec by fingerprint and model digest, clients by node id)."""
@@ -542,6 +658,7 @@ class SecAggServer:
             total_weight=None if spec.mode == "dp" else weight,
             excluded=excluded,
             sampling_rate=self._cfg.sampling_rate,
+            audit=audit,
             extra={
                 "dropped_nodes": {k: [int(x) for x in v] for k, v in dropped.items()},
                 "survivor_nodes": [int(x) for x in survivors],

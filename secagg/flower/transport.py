@@ -53,7 +53,9 @@ class FlowerTransport:
 
     Args:
         grid: the ServerApp's :class:`flwr.serverapp.Grid`.
-        nodes: the Flower node ids of the round; protocol id ``i + 1`` is ``nodes[i]``.
+        nodes: the Flower node ids of the round; protocol id ``i + 1`` is ``nodes[i]``; or
+            (active mode) a mapping protocol id (= alliance member id) -> node id, where a
+            member without a node is never sent anything (it is silent from the start).
         round_id: the protocol round id (every control record names it, so a node finds
             its session).
         group: the Flower ``group_id`` of the round's messages.
@@ -75,7 +77,7 @@ class FlowerTransport:
     def __init__(
         self,
         grid: Any,
-        nodes: Sequence[int],
+        nodes: Sequence[int] | Mapping[int, int],
         *,
         round_id: bytes,
         group: str,
@@ -87,7 +89,11 @@ class FlowerTransport:
     ) -> None:
         if not all(callable(getattr(grid, m, None)) for m in ("push_messages", "pull_messages")):
             raise SecAggTypeError("grid must be a flwr Grid (push_messages / pull_messages)")
-        ids = [check_int("node id", n) for n in nodes]
+        pairs = (
+            [(check_int("protocol id", c, 1), n) for c, n in nodes.items()]
+            if isinstance(nodes, Mapping) else [(i + 1, n) for i, n in enumerate(nodes)]
+        )  # fmt: skip
+        ids = [check_int("node id", n) for _, n in pairs]
         if len(set(ids)) != len(ids):
             raise SecAggValueError("node ids must be distinct")
         if not isinstance(round_id, bytes) or not round_id:
@@ -95,7 +101,7 @@ class FlowerTransport:
         if extra is not None and not callable(extra):
             raise SecAggTypeError("extra must be callable(stage, client) -> mapping of records")
         self._grid = grid
-        self._node_of = {i + 1: nid for i, nid in enumerate(ids)}
+        self._node_of = {c: nid for (c, _), nid in sorted(zip(pairs, ids, strict=True))}
         self._rid = round_id.hex()
         self._group = str(group)
         self._ttl = check_number("ttl", ttl, lo=0.0, lo_open=True)
@@ -119,8 +125,13 @@ class FlowerTransport:
         return self._node_of[client]
 
     def nodes_of(self, clients: Iterable[int]) -> tuple[int, ...]:
-        """Node ids of protocol ids, in the given order."""
-        return tuple(self._node_of[c] for c in clients)
+        """Node ids of protocol ids, in the given order (a member without a node has none
+        and is left out)."""
+        return tuple(self._node_of[c] for c in clients if c in self._node_of)
+
+    def has_node(self, client: int) -> bool:
+        """Whether protocol id ``client`` has a node this round."""
+        return client in self._node_of
 
     # -- Transport ---------------------------------------------------------------------------
 
@@ -128,8 +139,8 @@ class FlowerTransport:
         packed: dict[int, Any] = {}  # one payload record per distinct bytes object (a broadcast)
         out: list[tuple[int, FlowerMessage]] = []
         for o in messages:
-            if o.client not in self._node_of:
-                raise SecAggValueError(f"no node for protocol id {o.client}")
+            if o.client not in self._node_of:  # an absent member: silent from the start
+                continue
             rec = packed.get(id(o.data))
             if rec is None:
                 rec = packed[id(o.data)] = pack_payload(o.data)
