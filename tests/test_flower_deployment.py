@@ -5,7 +5,8 @@ Run alone with ``pytest -m flower``; skip with ``-m "not flower"``.  The tests s
 deployment (module scope) and run in file order: five SuperNodes (integer and float
 mode), then a faulty SuperNode that truncates its masked input (excluded, the others'
 round completes), then two SuperNodes killed by pid around key sharing, then too few
-nodes left (typed abort) and a next run on the same SuperLink.  SuperNodes are killed with SIGKILL
+nodes left (typed abort) and a next run on the same SuperLink, then active mode with an
+alliance (four more SuperNodes, one outside the alliance).  SuperNodes are killed with SIGKILL
 (a crashed device): the server only learns it from the stage deadline.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -216,6 +218,53 @@ def test_too_few_nodes_typed_abort_then_superlink_serves_next_run(deployment: De
     assert out["status"] == "completed", out
     want = sum(task.synthetic_integers(p, 32, 16) for p in cohort) % (1 << 16)
     np.testing.assert_array_equal(_arrays(dep, "next"), want)
+
+
+def test_active_mode_refuses_the_outsider_and_the_ledger_verifies_against_the_alliance(
+    deployment: Deployment,
+) -> None:
+    """Four new SuperNodes: three hold alliance keys (member ids not in node order), one a key
+    outside the alliance.  The outsider is refused before the round, the three complete an
+    active round with the exact sum, and ``secagg verify --alliance`` passes on the ledger
+    and fails after one byte of a signature is changed."""
+    from secagg.identity import Alliance, IdentityKey
+
+    dep = deployment
+    members = {20: 2, 21: 3, 22: 1}  # partition -> member id
+    outsider = 23
+    keys = {p: IdentityKey.generate() for p in [*members, outsider]}
+    alliance_file = dep.root / "alliance.json"
+    alliance_file.write_text(Alliance({m: keys[p].public_bytes() for p, m in members.items()}).to_json())
+    for p, key in keys.items():
+        (dep.root / f"member-{p}.key").write_text(key.private_bytes().hex())
+        dep.add_node(p, N, **{"alliance": str(alliance_file), "identity-key": str(dep.root / f"member-{p}.key")})
+    try:
+        cohort = [*members, outsider]
+        ledger = dep.root / "active-ledger.jsonl"
+        out, status = _run(dep, "active", mode="integer", dim=32, bits=16, nodes=_nodes(dep, cohort),
+                           alliance=str(alliance_file), **{"ledger-path": str(ledger)})
+        assert status["status"] == "finished:completed" and out["status"] == "completed", out
+        (rnd,) = out["rounds"]
+        bad = str(dep.node_id(outsider))
+        assert list(rnd["refused"]) == [bad] and "not in the alliance" in rnd["refused"][bad], rnd
+        assert rnd["security_mode"] == "active"
+        assert rnd["members"] == {str(m): dep.node_id(p) for p, m in sorted(members.items(), key=lambda x: x[1])}
+        part = _partition_of(dep)
+        assert sorted(part[n] for n in rnd["survivors"]) == sorted(members)
+        want = sum(task.synthetic_integers(p, 32, 16) for p in members) % (1 << 16)
+        np.testing.assert_array_equal(_arrays(dep, "active"), want)
+        verify = [str(VENV_BIN / "secagg"), "verify", "--alliance", str(alliance_file)]
+        ok = subprocess.run([*verify, str(ledger)], capture_output=True, text=True, timeout=60, check=False)
+        assert ok.returncode == 0 and "3 contributions verified" in ok.stdout, ok.stdout + ok.stderr
+        header, record = ledger.read_text().splitlines()
+        sig = json.loads(record)["audit"]["advertisements"][1]["signature"]
+        tampered = dep.root / "active-tampered.jsonl"
+        tampered.write_text(f"{header}\n{record.replace(sig, sig[:6] + ('1' if sig[6] == '0' else '0') + sig[7:])}\n")
+        no = subprocess.run([*verify, str(tampered)], capture_output=True, text=True, timeout=60, check=False)
+        assert no.returncode == 1 and "signature does not verify" in no.stderr, no.stdout + no.stderr
+    finally:
+        for p in keys:
+            dep.nodes.pop(p).stop()
 
 
 def test_deployment_leaves_no_process_behind(tmp_path: Path) -> None:

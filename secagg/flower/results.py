@@ -175,6 +175,8 @@ class SecureRoundResult:
             "timings": dict(self.timings),
             "errors": {str(k): v for k, v in self.errors.items()},
             "refused": {str(k): v for k, v in self.refused.items()},
+            "security_mode": self.security_mode,
+            "members": {str(k): v for k, v in self.members.items()},
         }
         if self.clip_norm is not None:
             out["clip_norm"] = self.clip_norm

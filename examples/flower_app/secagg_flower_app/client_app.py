@@ -58,7 +58,9 @@ def evaluate_fn(arrays: ArrayRecord, config: ConfigRecord, context: Context) -> 
 
 # secagg: every stage arrives as a "train.secagg" message (secagg.flower.register(app, train_fn,
 # evaluate_fn=evaluate_fn) does this in one line; the example wraps the handler for the
-# misbehaving-node test hook).
+# misbehaving-node test hook).  Active mode: the handler reads this node's key file and the
+# alliance file from the node config (``identity-key=...`` and ``alliance=...``), proves the
+# node's membership when the server asks, and then takes part in active rounds only.
 _secagg = SecAggClient(train_fn, evaluate_fn=evaluate_fn)
 
 

@@ -161,6 +161,9 @@ def main(grid: Grid, context: Context) -> None:
             dropout_fraction=float(rc["dropout-fraction"]),
             stage_timeout=float(rc["stage-timeout"]),
             poll_interval=float(rc["poll-interval"]),
+            # active mode: the alliance file (the same one every SuperNode's node config
+            # names); "" = semi-honest rounds
+            alliance=str(rc.get("alliance", "")) or None,
         )
         tracker = clipper = None
         if mode == "dp":
