@@ -198,6 +198,7 @@ def test_dp_round_feeds_the_tracker_and_ledger_records_the_dropouts(tmp_path: An
     assert rec["mechanism"]["name"] == "distributed_discrete_gaussian"
     assert rec["transport"] == "flower" and rec["survivor_nodes"] == list(res.survivors)
     assert rec["protocol"] == res.protocol and rec["protocol"]["n"] == 6
+    assert rec["security_mode"] == res.security_mode == "semi-honest" and "member_nodes" not in rec
     # every node that took part keeps the ledger head it was shown (an anchor against truncation)
     kept = grid.context(grid.node_ids[1]).state.config_records["secagg.ledger-heads"]["values"]
     assert list(kept) == [head0]
@@ -722,3 +723,24 @@ def test_active_mode_refusals_downgrade_and_missing_identity(tmp_path: Any) -> N
 
     with pytest.raises(SecAggValueError):
         SecAggClient(lambda a, c, x: (a, 1), alliance=alliance)
+
+
+def test_active_round_with_a_member_absent_runs_without_it(tmp_path: Any) -> None:
+    """A member with no node in the cohort (not sampled, offline) is silent from the start:
+    it counts against the dropout tolerance, the others' round completes and verifies."""
+    from dp.ledger import Ledger, read_ledger
+    from secagg.rounds import verify_contributions
+
+    alliance, configs = _alliance_files(tmp_path, {p: p + 1 for p in range(5)}, [])
+    grid = LocalGrid(_app("integer", 16), 5, node_configs=configs)
+    tmpl = {"x": np.zeros(9, np.int64)}
+    cfg = SecAggConfig(mode="integer", bits=16, alliance=alliance, dropout_fraction=0.2, **FAST)
+    ledger = Ledger.create(tmp_path / "ledger.jsonl", SecAggServer(cfg).ledger_header(5, tmpl, delta=1e-6))
+    res = SecAggServer(cfg, ledger=ledger).run_round(grid, grid.node_ids[1:], tmpl)  # member 1 not sampled
+    assert sorted(res.members) == [2, 3, 4, 5] and not res.refused
+    assert res.survivors == tuple(grid.node_ids[1:]) and res.protocol["n"] == 5
+    np.testing.assert_array_equal(res.arrays["x"].numpy(), sum(_ints(p, 9, 16) for p in range(1, 5)) % (1 << 16))
+    _, (rec,) = read_ledger(tmp_path / "ledger.jsonl")
+    assert [c.client for c in verify_contributions(rec, alliance)] == [2, 3, 4, 5]
+    assert rec["sampled"] == 5 and rec["survivors"] == 4 and rec["dropouts"] == 1, rec
+    assert rec["absent_members"] == [1] and rec["member_nodes"] == {str(p + 1): grid.node_ids[p] for p in range(1, 5)}

@@ -483,8 +483,9 @@ class SecAggServer:
                 "clip_norm": clip_norm, "unclipped_fraction_noised": unclipped, "indicator_scale": self._alpha,
                 "target_quantile": self._clipper.target_quantile, "learning_rate": self._clipper.learning_rate,
                 "next_clip_norm": self._clipper.clip_norm}}  # fmt: skip
-            if self._cfg.active:
+            if self._cfg.active:  # who was which member; members with no node were silent from the start
                 more["member_nodes"] = {str(m): n for m, n in sorted(members.items())}
+                more["absent_members"] = [m for m in range(1, len(self._cfg.alliance) + 1) if m not in members]
             if refused_nodes:
                 more["refused_nodes"] = {str(n): r for n, r in sorted(refused_nodes.items())}
             acct = self._account(spec, survivors, dropped, excluded, weight, more=more, audit=res)
