@@ -16,7 +16,10 @@ One way to do each thing:
   returning a :class:`LocalUpdate`;
 * read the outcome: :class:`SecureRoundResult`, :class:`StageReport` (``on_stage``),
   :class:`SecureRoundAbort`;
-* count a workflow's bytes: :class:`CountingGrid`.
+* count a workflow's bytes: :class:`CountingGrid`;
+* active mode: an alliance (``SecAggConfig(alliance=...)`` on the server, ``identity=`` /
+  ``alliance=`` or the node config's ``identity-key`` / ``alliance`` on each ClientApp),
+  read with :func:`load_alliance` / :func:`load_identity`.
 
 The round is described by :class:`secagg.RoundSpec` and driven by
 :func:`secagg.driver.drive_round` over :class:`secagg.flower.transport.FlowerTransport`.
@@ -44,7 +47,7 @@ from secagg.flower.client import (
     SecAggClient,
     register,
 )
-from secagg.flower.config import SecAggConfig
+from secagg.flower.config import SecAggConfig, load_alliance, load_identity
 from secagg.flower.results import SecureRoundAbort, SecureRoundResult, StageReport
 from secagg.flower.server import SecAggServer
 from secagg.flower.strategy import SecAggFedAvg
@@ -65,5 +68,7 @@ __all__ = [
     "SecureRoundAbort",
     "SecureRoundResult",
     "StageReport",
+    "load_alliance",
+    "load_identity",
     "register",
 ]

@@ -34,6 +34,12 @@ round id before (a replayed first message is refused: no second session, trainin
 upload), and that the global arrays it trains on are the ones the spec names
 (:meth:`RoundSpec.check_model <secagg.spec.RoundSpec.check_model>`, against a server
 that sends one node a crafted model) and fit the round's layout.
+
+Active mode: with an identity key and the alliance (``identity=`` / ``alliance=``, or
+the node config's ``identity-key`` / ``alliance`` paths) the handler answers the
+server's identify challenge with its member id and a signature, runs active sessions
+(signed advertisement over the spec fingerprint and model digest, every peer's signature
+checked, the consistency round) and refuses semi-honest rounds as a downgrade.
 """
 
 from __future__ import annotations

@@ -24,6 +24,13 @@ the round's secrets as the protocol allows) and, as the only decoded output, the
 (``integer``), the weighted mean and the survivors' total weight (``fedavg``), or the
 noised mean (``dp``); never an individual update.  An honest-but-curious server learns
 nothing more; what an actively malicious one can still do is in docs/flower.md.
+
+Security mode: with an alliance (``SecAggConfig(alliance=...)``) every round runs in
+**active mode**: nodes first prove which alliance member they are (a signed answer to a
+fresh challenge; others are refused, with the reason in the result and the ledger),
+member ``m`` is protocol id ``m``, the driver checks every signature against the
+alliance, and the ledger record carries the signed trail (``secagg verify --alliance``).
+Without one, rounds are **semi-honest** and every result and record says so.
 """
 
 from __future__ import annotations
