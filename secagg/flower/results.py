@@ -85,7 +85,8 @@ class SecureRoundResult:
         protocol: public protocol parameters (n, d, bits, k, t, colluders, min_clients).
         bytes_up / bytes_down: per stage, protocol payload bytes (replies / requests,
             plus the global arrays sent with the masked-input request).
-        timings: per stage wall seconds, ``"total"`` and ``"server"`` (server compute).
+        timings: per stage wall seconds, ``"total"`` and ``"server"`` (server compute), and
+            in active mode ``"identify"`` (proving the nodes' identities before the round).
         errors: node id -> what the transport saw instead of its reply (its last such stage).
         refused: node id -> the reason a node gave for refusing the round (its policy, its
             budget, a spec or model it does not accept); such nodes are also dropouts.

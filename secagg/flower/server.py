@@ -408,9 +408,11 @@ class SecAggServer:
         cohort: Sequence[int] | dict[int, int] = nodes
         members: dict[int, int] = {}
         refused_nodes: dict[int, str] = {}
+        t_identify = 0.0
         if self._cfg.active:
             members, refused_nodes = self._identify(grid, nodes)
             cohort = members
+            t_identify = time.perf_counter() - t_start
         spec = self._spec(len(nodes), arrs, self._rng.bytes(16), layout=layout, rule=rule, round_index=round_index)
         if training and spec.plan is not None:  # refuse now if even the worst accepted outcome could not be recorded
             check_budget(
@@ -502,6 +504,8 @@ class SecAggServer:
                 bytes_down[rep.stage] += extra_down * len(rep.addressed)
         timings = {r.stage: r.seconds for r in run.stages}
         timings["server"] = sum(r.server_seconds for r in run.stages) + time.perf_counter() - t1
+        if self._cfg.active:
+            timings["identify"] = t_identify
         timings["total"] = time.perf_counter() - t_start
         result = SecureRoundResult(
             round_index=round_index,
@@ -633,7 +637,7 @@ class SecAggServer:
                 raise MessageError("an identify reply is a member id (4 bytes) and a signature (64 bytes)")
             member = int.from_bytes(data[:4], "big")
             if member not in alliance:
-                return f"identity not in the alliance (claims member {member}, which it does not have)"
+                return f"identity not in the alliance (it claims member {member}, which the alliance does not have)"
             alliance.verify(member, identify_statement(alliance.fingerprint, challenge, node, member), data[4:])
         except (KeyError, MessageError) as exc:
             return f"not identified: malformed identify reply: {exc}"
