@@ -706,5 +706,7 @@ class SecAggServer:
             aggregation=aggregation,
             delta=delta,
             population=population,
-            extra={"transport": "flower"},
+            extra={"transport": "flower", "security_mode": cfg.security_mode,
+                   **({"alliance": {"fingerprint": cfg.alliance.fingerprint, "members": len(cfg.alliance)}}
+                      if cfg.active else {})},  # the torch adapter's header fields
         )
