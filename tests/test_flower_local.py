@@ -683,7 +683,8 @@ def test_active_round_refuses_the_outsider_and_its_ledger_verifies_against_the_a
     assert sorted(grid.partition_of(n) for n in res.survivors) == [0, 1, 2]
     np.testing.assert_array_equal(res.arrays["x"].numpy(), sum(_ints(p, 21, 16) for p in range(3)) % (1 << 16))
     header, (rec,) = read_ledger(tmp_path / "ledger.jsonl")
-    assert header["security_mode"] == "active" and header["alliance"] == {"fingerprint": alliance.fingerprint, "members": 3}
+    assert header["security_mode"] == "active"
+    assert header["alliance"] == {"fingerprint": alliance.fingerprint, "members": 3}
     assert rec["security_mode"] == "active" and rec["refused_nodes"] == {str(outsider): res.refused[outsider]}
     assert rec["member_nodes"] == {str(m): n for m, n in sorted(res.members.items())}
     assert len(verify_contributions(rec, alliance)) == 3
