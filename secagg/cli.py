@@ -53,6 +53,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("report", "secagg.commands.report", "write an auditor's privacy report from a ledger"),
     ("bench", "secagg.commands.bench", "benchmark aggregation overhead against baselines"),
     ("audit", "secagg.commands.audit", "empirical epsilon lower bound from canaries beside the stated upper bound"),
+    ("keygen", "secagg.commands.keygen", "a member's Ed25519 identity key for active mode (prints its public key)"),
+    ("alliance", "secagg.commands.alliance", "assemble an alliance file from members' public keys"),
 )
 
 MIN_CLIENTS = 3
